@@ -1,0 +1,100 @@
+"""Speed of the training step and of fusing on this machine (prints numbers; not a test).
+
+  python benchmarks/bench.py [--batch 24] [--repeats 3] [--quick]
+
+Train step = one batch of the schedule with I_max = 1 (exactly one Dv, one Di and one G step,
+plus the loss evaluations the schedule needs), timed eager, under tf.function and with XLA.
+"""
+import argparse
+import os
+import resource
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from ddcgan_tf import config as C  # noqa: E402
+from ddcgan_tf.ddcgan import DDcGAN  # noqa: E402
+from ddcgan_tf.fuse import Fuser  # noqa: E402
+
+
+def timed(fn, repeats):
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return first, float(np.median(times))
+
+
+def generator_flops(h, w, official_decoder=True):
+    """Multiply-adds x 2 of one generator pass on an h x w visible image (convs only)."""
+    per_pixel = 9 * (2 * 48 + 48 * 48 + 96 * 48 + 144 * 48 + 192 * 48
+                     + 240 * 240 * (2 if official_decoder else 1) + 240 * 128 + 128 * 64 + 64 * 32 + 32)
+    return 2.0 * per_pixel * h * w
+
+
+def matmul_gflops(n=2048, repeats=5):
+    a = tf.random.uniform((n, n))
+    b = tf.random.uniform((n, n))
+    f = tf.function(lambda: tf.matmul(a, b))
+    _, t = timed(lambda: f().numpy(), repeats)
+    return 2 * n ** 3 / t / 1e9
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--batch", type=int, default=C.BATCH_SIZE)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="skip eager and the 2048x2048 fuse")
+    ap.add_argument("--official_decoder", type=int, default=1)
+    args = ap.parse_args()
+    print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, devices: "
+          f"{[d.device_type for d in tf.config.list_physical_devices()]}, "
+          f"oneDNN={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}")
+    rng = np.random.default_rng(0)
+    b = args.batch
+    data = (tf.constant(rng.random((b, 84, 84, 1), np.float32)),
+            tf.constant(rng.random((b, 21, 21, 1), np.float32)))
+    model = DDcGAN(official_decoder=bool(args.official_decoder))
+    model.compile(train_config=C.get_preset("official", max_repeats=1), steps_per_epoch=1000)
+    modes = [("tf.function", tf.function(model.train_step)),
+             ("XLA", tf.function(model.train_step, jit_compile=True))]
+    if not args.quick:
+        modes.insert(0, ("eager", model.train_step))
+    step_times = {}
+    for name, fn in modes:
+        first, t = timed(lambda: {k: v.numpy() for k, v in fn(data).items()}, args.repeats)
+        step_times[name] = t
+        print(f"train step, batch {b}, {name:11s}: first {first:7.2f} s, steady {t:7.2f} s, "
+              f"{b / t:6.2f} patches/s")
+    if "eager" in step_times:
+        for name in ("tf.function", "XLA"):
+            print(f"  speed-up over eager, {name}: {step_times['eager'] / step_times[name]:.2f}x")
+
+    peak = matmul_gflops()
+    print(f"matmul 2048^3 (practical peak): {peak:.1f} GFLOP/s")
+    gen = model.generator
+    sizes = [(256, 256), (576, 768)] + ([] if args.quick else [(2048, 2048)])
+    for jit in (False, True):
+        fuser = Fuser(gen, jit_compile=jit)
+        for h, w in sizes:
+            vis = rng.random((h, w), np.float32)
+            ir = rng.random((h // 4, w // 4), np.float32)
+            first, t = timed(lambda: fuser(vis, ir), max(1, args.repeats - 1))
+            flops = generator_flops(h, w, bool(args.official_decoder))
+            print(f"fuse {h}x{w} {'XLA' if jit else 'tf.function':11s}: first {first:7.2f} s, "
+                  f"steady {t:7.2f} s, {flops / t / 1e9:6.1f} GFLOP/s "
+                  f"({100 * flops / t / 1e9 / peak:4.0f}% of matmul), FLOP-bound time "
+                  f"{flops / peak / 1e9:6.2f} s")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS: {rss:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""ddcgan-train: train or resume a DDcGAN on an HDF5 patch set."""
+import sys
+
+from absl import flags
+
+from ddcgan_tf import config as C
+from ddcgan_tf.cli.common import run_main
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data", None, "HDF5 patch set (ddcgan-prepare output or the official Training_Dataset.h5).")
+flags.DEFINE_string("model_dir", None, "Checkpoints, logs and config go here; an existing run is resumed.")
+flags.DEFINE_integer("steps", None, "Total batches to train (across resumes). Default: --epochs epochs.")
+flags.DEFINE_integer("epochs", 1, "Epochs (passes over the patch set) when --steps is not given.")
+flags.DEFINE_integer("batch_size", C.BATCH_SIZE, "Batch size.")
+flags.DEFINE_enum("preset", "official", list(C.PRESETS), "Hyper-parameters: official TF1 code or the paper.")
+flags.DEFINE_integer("scale", C.SCALE, "Visible / infrared resolution ratio: 4, or 1 (same resolution).")
+flags.DEFINE_boolean("official_decoder", True, "Apply the first decoder kernel twice, as the official code does.")
+flags.DEFINE_enum("bn_mode", "batch", ["batch", "moving"], "BN statistics used when fusing.")
+flags.DEFINE_float("learning_rate", None, "Override the preset's initial learning rate.")
+flags.DEFINE_float("lr_decay_rate", None, "Override the per-epoch decay rate.")
+flags.DEFINE_float("content_weight", None, "Override lambda.")
+flags.DEFINE_float("grad_weight", None, "Override eta.")
+flags.DEFINE_float("l_max", None, "Override L_max.")
+flags.DEFINE_float("l_min", None, "Override L_min.")
+flags.DEFINE_float("g_max", None, "Override L_Gmax (absolute, or a factor with the paper preset).")
+flags.DEFINE_integer("max_repeats", None, "Override I_max.")
+flags.DEFINE_float("clip_value", None, "Override the weight clipping bound (0 disables clipping).")
+flags.DEFINE_integer("checkpoint_every", 100, "Save the full state every N batches.")
+flags.DEFINE_integer("keep", 3, "Checkpoints to keep.")
+flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (about 1.4x faster on CPU).")
+flags.DEFINE_integer("seed", None, "Random seed.")
+flags.DEFINE_boolean("tensorboard", True, "Write TensorBoard scalars and sample images to MODEL_DIR/logs.")
+flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
+flags.mark_flags_as_required(["data", "model_dir"])
+
+OVERRIDES = ("learning_rate", "lr_decay_rate", "content_weight", "grad_weight", "l_max", "l_min",
+             "g_max", "max_repeats", "clip_value")
+
+
+def main(argv):
+    del argv
+    from ddcgan_tf.train import TrainingDiverged, train
+
+    overrides = {k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None}
+    if overrides.get("clip_value") == 0:
+        overrides["clip_value"] = None
+    try:
+        train(FLAGS.data, FLAGS.model_dir, steps=FLAGS.steps, epochs=FLAGS.epochs,
+              batch_size=FLAGS.batch_size, preset=FLAGS.preset, overrides=overrides,
+              scale=FLAGS.scale, official_decoder=FLAGS.official_decoder, bn_mode=FLAGS.bn_mode,
+              checkpoint_every=FLAGS.checkpoint_every, keep=FLAGS.keep, jit_compile=FLAGS.jit_compile,
+              seed=FLAGS.seed, tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose)
+    except TrainingDiverged as e:
+        print(f"ddcgan-train: error: {e}", file=sys.stderr)
+        sys.exit(3)
+
+
+def run():
+    run_main(main, "ddcgan-train")
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,126 @@
+"""HDF5 patch sets -> tf.data, streamed (the set never has to fit in memory).
+
+Reads two layouts: ours (`vis`, `ir`, see `ddcgan_tf.patches`) and the official
+`Training_Dataset.h5` (`data`: N x 84 x 84 x 2, channel 0 visible, channel 1 infrared at full
+resolution, values in [0, 1]); for the latter the infrared patches are downsampled on the fly
+exactly as the official `train.py` does (scipy zoom 1/4 per patch).
+"""
+import os
+
+import h5py
+import numpy as np
+import tensorflow as tf
+
+from ddcgan_tf import config as C
+from ddcgan_tf.errors import InputError
+from ddcgan_tf.patches import downsample_ir
+
+
+class PatchSet:
+    """Random access to the patches of one HDF5 file, validated on open."""
+
+    def __init__(self, path, scale=C.SCALE):
+        self.path = os.fspath(path)
+        if not os.path.isfile(self.path):
+            raise InputError(self.path, "patch set not found")
+        try:
+            with h5py.File(self.path, "r") as f:
+                self._inspect(f, scale)
+        except OSError as e:
+            raise InputError(self.path, f"not a readable HDF5 file ({str(e).splitlines()[0][:80]})") from None
+
+    def _inspect(self, f, scale):
+        if "vis" in f and "ir" in f:
+            self.layout = "ddcgan_tf"
+            v, i = f["vis"], f["ir"]
+            file_scale = int(f.attrs.get("scale", scale))
+            if v.ndim != 4 or v.shape[-1] != 1 or v.shape[1] != v.shape[2]:
+                raise InputError(self.path, f"dataset 'vis' must be N x P x P x 1, got {v.shape}")
+            if i.ndim != 4 or i.shape[-1] != 1:
+                raise InputError(self.path, f"dataset 'ir' must be N x P/s x P/s x 1, got {i.shape}")
+            if len(v) != len(i):
+                raise InputError(self.path, f"'vis' has {len(v)} patches but 'ir' has {len(i)}")
+            if file_scale != scale or v.shape[1] != i.shape[1] * scale or i.shape[1] != i.shape[2]:
+                raise InputError(self.path, f"patch sizes {v.shape[1]} / {i.shape[1]} do not match "
+                                            f"scale {scale} (the set was built with scale {file_scale})")
+            self.vis_max = float(v.attrs.get("max_value", 1.0))
+            self.ir_max = float(i.attrs.get("max_value", 1.0))
+            self.size, self.patch = len(v), v.shape[1]
+        elif "data" in f:
+            self.layout = "official"
+            d = f["data"]
+            if d.ndim != 4 or (d.shape[-1] != 2 and d.shape[0] != 2):
+                raise InputError(self.path, f"dataset 'data' must be N x P x P x 2, got {d.shape}")
+            self.transposed = d.shape[-1] != 2  # MATLAB writes it as 2 x P x P x N
+            shape = d.shape[::-1] if self.transposed else d.shape
+            if shape[1] != shape[2] or shape[1] % scale:
+                raise InputError(self.path, f"official patches must be square multiples of {scale}, got {shape}")
+            self.size, self.patch = shape[0], shape[1]
+            self.vis_max = self.ir_max = 1.0
+        else:
+            raise InputError(self.path, f"unknown layout: expected datasets 'vis' and 'ir' "
+                                        f"(or the official 'data'), found {sorted(f.keys())}")
+        if self.size == 0:
+            raise InputError(self.path, "patch set is empty")
+        self.scale = scale
+        self.ir_patch = self.patch // scale
+
+    def __len__(self):
+        return self.size
+
+    def read(self, f, start, stop):
+        """Patches [start, stop) as float32 (vis (n, P, P, 1), ir (n, P/s, P/s, 1)) in [0, 1]."""
+        if self.layout == "ddcgan_tf":
+            vis = f["vis"][start:stop].astype(np.float32) / self.vis_max
+            ir = f["ir"][start:stop].astype(np.float32) / self.ir_max
+            return vis, ir
+        d = f["data"]
+        block = d[..., start:stop].T if self.transposed else d[start:stop]
+        block = np.asarray(block, np.float32)
+        vis = block[..., 0:1]
+        ir = np.stack([downsample_ir(p, self.scale) for p in block[..., 1]])[..., None]
+        return vis, ir
+
+    def blocks(self, block_size, rng=None):
+        """Yields (vis, ir) blocks of contiguous patches, in random block order if rng is given."""
+        starts = np.arange(0, self.size, block_size)
+        if rng is not None:
+            rng.shuffle(starts)
+        with h5py.File(self.path, "r") as f:
+            for s in starts:
+                vis, ir = self.read(f, int(s), int(min(s + block_size, self.size)))
+                if rng is not None:
+                    order = rng.permutation(len(vis))
+                    vis, ir = vis[order], ir[order]
+                yield vis, ir
+
+
+def make_dataset(path, batch_size=C.BATCH_SIZE, scale=C.SCALE, shuffle=True, seed=None,
+                 block_size=256, shuffle_buffer=4096, repeat=True):
+    """tf.data of (vis, ir) batches streamed from an HDF5 patch set.
+
+    Shuffling: random order of contiguous 256-patch blocks, a permutation inside each block, then
+    a `shuffle_buffer`-patch shuffle buffer across blocks. Incomplete last batches are dropped
+    (as the official code trims the set). Returns (dataset, patch_set).
+    """
+    patches = PatchSet(path, scale)
+    if batch_size > len(patches):
+        raise InputError(path, f"holds {len(patches)} patches, fewer than one batch of {batch_size}")
+    p, q = patches.patch, patches.ir_patch
+    epoch = [0]
+
+    def generate():
+        rng = np.random.default_rng(None if seed is None else seed + epoch[0]) if shuffle else None
+        epoch[0] += 1
+        yield from patches.blocks(block_size, rng)
+
+    ds = tf.data.Dataset.from_generator(
+        generate, output_signature=(tf.TensorSpec((None, p, p, 1), tf.float32),
+                                    tf.TensorSpec((None, q, q, 1), tf.float32)))
+    ds = ds.unbatch()
+    if shuffle:
+        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
+    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    return ds, patches

@@ -1,0 +1,228 @@
+"""DDcGAN: G, Dv and Di trained by the adaptive alternating schedule (paper Algorithm 1).
+
+`DDcGAN.train_step` runs one batch of the official schedule entirely in the graph:
+
+  1. one SGD step of Dv, one of Di, one RMSProp step of G on the full loss L_G;
+  2. while L_Dv > L_max (and fewer than I_max Dv steps): another Dv step; the same for Di;
+  3. while L_Dv < L_min or L_Di < L_min (and fewer than I_max G steps): a G step on the
+     adversarial loss alone (official `G_GAN_solver`, an RMSProp of its own);
+  4. while L_G > L_Gmax (and fewer than I_max G steps in all): a G step on L_G.
+
+Every loss that decides a repeat is recomputed after the step before it, as the official
+`sess.run` calls do. The repeats are `tf.while_loop`s, so with `fit` there is no
+Python-side sync per step. Every optimizer step reads the learning rate
+lr0 * rate ** (count / steps_per_epoch), where `count` is the number of optimizer steps so
+far (official: every `minimize` increments the shared `global_step`) or of batches (paper).
+"""
+import keras
+import tensorflow as tf
+
+from ddcgan_tf import config as C
+from ddcgan_tf import losses
+from ddcgan_tf.discriminator import Discriminator
+from ddcgan_tf.generator import Generator
+from ddcgan_tf.optimizers import TF1RMSprop, decayed_learning_rate
+
+SCHEDULE_KEYS = ("l_max", "l_min", "g_max", "max_repeats")
+METRIC_NAMES = ("g_loss", "g_adv", "ir_loss", "grad_loss", "dv_loss", "di_loss",
+                "dv_real", "dv_fake", "di_real", "di_fake", "dv_steps", "di_steps", "g_steps", "lr")
+
+
+@keras.saving.register_keras_serializable(package="ddcgan_tf")
+class DDcGAN(keras.Model):
+    """The three networks and the training schedule. Call it to fuse: `model((vis, ir))`."""
+
+    def __init__(self, scale=C.SCALE, patch_size=C.PATCH_SIZE, official_decoder=True,
+                 bn_mode="batch", **kwargs):
+        kwargs.setdefault("name", "ddcgan")
+        super().__init__(**kwargs)
+        if patch_size % scale:
+            raise ValueError(f"patch_size {patch_size} is not a multiple of scale {scale}")
+        self.scale, self.patch_size = scale, patch_size
+        self.generator = Generator(scale=scale, official_decoder=official_decoder, bn_mode=bn_mode)
+        self.dv = Discriminator(patch_size, name="dv")
+        self.di = Discriminator(patch_size // scale, name="di")
+        # Counters of the schedule, saved with the weights (resume restores the LR schedule).
+        self.batch_count = self.add_weight(shape=(), dtype="int64", initializer="zeros",
+                                           trainable=False, name="batch_count")
+        self.optimizer_steps = self.add_weight(shape=(), dtype="int64", initializer="zeros",
+                                               trainable=False, name="optimizer_steps")
+        self.train_config = None
+
+    def build(self, input_shape=None):
+        for net in (self.generator, self.dv, self.di):
+            net.build()
+        self.built = True
+
+    def call(self, inputs, training=False):
+        return self.generator(inputs, training=training)
+
+    def get_config(self):
+        return {"name": self.name, "scale": self.scale, "patch_size": self.patch_size,
+                "official_decoder": self.generator.official_decoder,
+                "bn_mode": self.generator.bn_mode}
+
+    # ------------------------------------------------------------------ compile
+    def compile(self, g_optimizer=None, dv_optimizer=None, di_optimizer=None,
+                g_adv_optimizer=None, train_config=None, steps_per_epoch=1000, **kwargs):
+        """Optimizers default to the preset's: RMSProp (TF1 semantics) for G, SGD for Dv, Di.
+
+        g_adv_optimizer is the separate RMSProp of the adversarial-only G steps (the official
+        code builds two RMSPropOptimizers, each with its own accumulators); None clones
+        g_optimizer. steps_per_epoch (batches per epoch) sets the decay period.
+        """
+        super().compile(**kwargs)
+        cfg = train_config or C.get_preset("official", self.scale)
+        self.train_config = cfg
+        self.steps_per_epoch = int(max(1, steps_per_epoch))
+        lr = cfg.learning_rate
+
+        def rmsprop():
+            return TF1RMSprop(learning_rate=lr, initial_accumulator_value=cfg.rmsprop_initial_accumulator)
+
+        self.g_optimizer = g_optimizer or rmsprop()
+        self.g_adv_optimizer = g_adv_optimizer or (
+            self.g_optimizer.__class__.from_config(self.g_optimizer.get_config()))
+        self.dv_optimizer = dv_optimizer or keras.optimizers.SGD(learning_rate=lr)
+        self.di_optimizer = di_optimizer or keras.optimizers.SGD(learning_rate=lr)
+        if not self.built:
+            self.build()
+        # The thresholds live in variables: changing them (set_schedule) needs no retracing.
+        self.schedule = {k: tf.Variable(float(getattr(cfg, k)), trainable=False, name=k)
+                         for k in SCHEDULE_KEYS}
+        # Build every optimizer now: variables must not be created inside the traced step.
+        self.g_optimizer.build(self.generator.trainable_variables)
+        self.g_adv_optimizer.build(self.generator.trainable_variables)
+        self.dv_optimizer.build(self.dv.trainable_variables)
+        self.di_optimizer.build(self.di.trainable_variables)
+
+    def set_schedule(self, **values):
+        """Changes L_max, L_min, L_Gmax or I_max of a compiled model (train_config follows)."""
+        for k, v in values.items():
+            if k not in SCHEDULE_KEYS:
+                raise ValueError(f"unknown schedule value {k!r}; known: {SCHEDULE_KEYS}")
+            self.schedule[k].assign(float(v))
+            setattr(self.train_config, k, type(getattr(self.train_config, k))(v))
+
+    @property
+    def optimizers(self):
+        return {"g": self.g_optimizer, "g_adv": self.g_adv_optimizer,
+                "dv": self.dv_optimizer, "di": self.di_optimizer}
+
+    @property
+    def metrics(self):
+        return []
+
+    # ------------------------------------------------------------------ pieces
+    def learning_rate(self):
+        cfg = self.train_config
+        count = self.optimizer_steps if cfg.decay_counts == "optimizer_steps" else self.batch_count
+        return decayed_learning_rate(cfg.learning_rate, cfg.lr_decay_rate, count, self.steps_per_epoch)
+
+    def _update(self, optimizer, variables, loss_fn):
+        """One optimizer step on loss_fn() over `variables`, then the official weight clipping."""
+        with tf.GradientTape() as tape:
+            loss = loss_fn()
+        grads = tape.gradient(loss, variables)
+        optimizer.learning_rate = self.learning_rate()
+        optimizer.apply_gradients(zip(grads, variables))
+        clip = self.train_config.clip_value
+        if clip is not None:
+            for v in variables:
+                v.assign(tf.clip_by_value(v, -clip, clip))
+        self.optimizer_steps.assign_add(1)
+        return loss
+
+    def _generate(self, vis, ir):
+        return self.generator((vis, ir), training=True,
+                              update_bn=self.train_config.update_bn_statistics)
+
+    def _d_loss(self, disc, real, fake):
+        return losses.discriminator_loss(disc(real, training=True), disc(fake, training=True))
+
+    def _g_losses(self, vis, ir):
+        """Forward pass of everything: every loss and the mean discriminator scores."""
+        cfg = self.train_config
+        fused = self._generate(vis, ir)
+        fused_lr = losses.downsample(fused, self.scale)
+        dv_fake, di_fake = self.dv(fused, training=True), self.di(fused_lr, training=True)
+        dv_real, di_real = self.dv(vis, training=True), self.di(ir, training=True)
+        g_adv = losses.generator_adversarial(dv_fake, di_fake)
+        ir_term, grad_term = losses.content_terms(fused, vis, ir, self.scale)
+        g_loss = losses.generator_loss(g_adv, ir_term, grad_term, cfg.content_weight,
+                                       cfg.grad_weight, cfg.ir_weight)
+        return {"g_loss": g_loss, "g_adv": g_adv, "ir_loss": ir_term, "grad_loss": grad_term,
+                "dv_loss": losses.discriminator_loss(dv_real, dv_fake),
+                "di_loss": losses.discriminator_loss(di_real, di_fake),
+                "dv_real": tf.reduce_mean(dv_real), "dv_fake": tf.reduce_mean(dv_fake),
+                "di_real": tf.reduce_mean(di_real), "di_fake": tf.reduce_mean(di_fake),
+                "fused": fused}
+
+    def _repeat_d(self, disc, optimizer, real, fake, loss, steps):
+        """Step 2 for one discriminator: repeat while its loss > L_max, up to I_max steps."""
+        sched = self.schedule
+
+        def body(loss, steps):
+            self._update(optimizer, disc.trainable_variables, lambda: self._d_loss(disc, real, fake))
+            return self._d_loss(disc, real, fake), steps + 1
+
+        return tf.while_loop(
+            lambda loss, steps: tf.logical_and(loss > sched["l_max"], steps < sched["max_repeats"]),
+            body, (loss, steps))
+
+    def _repeat_g(self, optimizer, loss_key, vis, ir, out, steps, keep_going):
+        """Steps 3-4: G steps on out[loss_key] while keep_going(out), up to I_max G steps in all."""
+        def body(out, steps):
+            self._update(optimizer, self.generator.trainable_variables,
+                         lambda: self._g_losses(vis, ir)[loss_key])
+            new = self._g_losses(vis, ir)
+            new.pop("fused")
+            return new, steps + 1
+
+        return tf.while_loop(
+            lambda out, steps: tf.logical_and(keep_going(out), steps < self.schedule["max_repeats"]),
+            body, (out, steps))
+
+    # ------------------------------------------------------------------ the step
+    def train_step(self, data):
+        vis, ir = data[0], data[1]
+        cfg = self.train_config
+        g_vars = self.generator.trainable_variables
+        one = tf.constant(1.0)
+
+        # 1. Dv, Di and G once each (official: D1_solver, D2_solver, G_solver).
+        fake = tf.stop_gradient(self._generate(vis, ir))
+        fake_lr = losses.downsample(fake, self.scale)
+        self._update(self.dv_optimizer, self.dv.trainable_variables,
+                     lambda: self._d_loss(self.dv, vis, fake))
+        self._update(self.di_optimizer, self.di.trainable_variables,
+                     lambda: self._d_loss(self.di, ir, fake_lr))
+        self._update(self.g_optimizer, g_vars, lambda: self._g_losses(vis, ir)["g_loss"])
+        out = self._g_losses(vis, ir)
+        g_max = self.schedule["g_max"] * (out["g_loss"] if cfg.g_max_relative else 1.0)
+
+        # 2. Discriminators repeat while they are losing.
+        fake = tf.stop_gradient(out.pop("fused"))
+        fake_lr = losses.downsample(fake, self.scale)
+        dv_loss, dv_steps = self._repeat_d(self.dv, self.dv_optimizer, vis, fake, out["dv_loss"], one)
+        di_loss, di_steps = self._repeat_d(self.di, self.di_optimizer, ir, fake_lr, out["di_loss"], one)
+        out["dv_loss"], out["di_loss"] = dv_loss, di_loss
+
+        # 3. Adversarial G steps while a discriminator is winning too clearly.
+        out, g_steps = self._repeat_g(
+            self.g_adv_optimizer, "g_adv", vis, ir, out, one,
+            lambda o: tf.logical_or(o["dv_loss"] < self.schedule["l_min"],
+                                    o["di_loss"] < self.schedule["l_min"]))
+        # 4. Full G steps while L_G is too large.
+        out, g_steps = self._repeat_g(self.g_optimizer, "g_loss", vis, ir, out, g_steps,
+                                      lambda o: o["g_loss"] > g_max)
+
+        self.batch_count.assign_add(1)
+        out.update(dv_steps=dv_steps, di_steps=di_steps, g_steps=g_steps, lr=self.learning_rate())
+        return out
+
+    def test_step(self, data):
+        vis, ir = data[0], data[1]
+        fused = self.generator((vis, ir), training=False)
+        ir_term, grad_term = losses.content_terms(fused, vis, ir, self.scale)
+        return {"ir_loss": ir_term, "grad_loss": grad_term}

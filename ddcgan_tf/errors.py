@@ -1,0 +1,14 @@
+"""The one exception type for bad user input.
+
+Every check on files, shapes and values raises :class:`InputError` with a one-line message
+that names the file (or flag) and the problem; the CLIs print it and exit with status 2.
+"""
+
+
+class InputError(ValueError):
+    """Bad input from the user: a missing or unreadable file, wrong sizes, bad values."""
+
+    def __init__(self, where, problem):
+        self.where = str(where)
+        self.problem = str(problem)
+        super().__init__(f"{self.where}: {self.problem}")

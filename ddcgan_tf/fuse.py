@@ -1,0 +1,81 @@
+"""Fusing with a trained generator: arrays, files and directories.
+
+Size rule: the visible image is H x W with H, W multiples of the scale s, and the infrared
+image is (H/s) x (W/s). With `resize=True` other sizes are made to fit, documented here:
+the visible image is cropped at the bottom/right to the nearest multiple of s; an infrared
+image of the visible size is downsampled the official way (scipy zoom 1/s, as for training);
+any other infrared size is resampled bicubically to (H/s) x (W/s).
+"""
+import os
+
+import numpy as np
+import scipy.ndimage
+import tensorflow as tf
+
+from ddcgan_tf import images
+from ddcgan_tf.errors import InputError
+from ddcgan_tf.generator import check_sizes
+from ddcgan_tf.patches import downsample_ir
+
+
+class Fuser:
+    """Wraps a generator in one compiled function that accepts any image size."""
+
+    def __init__(self, generator, jit_compile=False):
+        self.generator = generator
+        self.scale = generator.scale
+        spec = tf.TensorSpec((None, None, None, 1), tf.float32)
+        self._fn = tf.function(lambda v, i: generator((v, i), training=False),
+                               input_signature=(spec, spec), jit_compile=jit_compile)
+
+    def __call__(self, vis, ir, resize=False, vis_name="visible image", ir_name="infrared image"):
+        """vis (H, W) and ir (H/s, W/s) float arrays in [0, 1] -> fused (H, W) float32 in [0, 1]."""
+        vis, ir = np.asarray(vis, np.float32), np.asarray(ir, np.float32)
+        if resize:
+            vis, ir = fit_sizes(vis, ir, self.scale)
+        check_sizes(vis.shape, ir.shape, self.scale, vis_name, ir_name)
+        out = self._fn(vis[None, ..., None], ir[None, ..., None])
+        return out.numpy()[0, ..., 0]
+
+
+def fit_sizes(vis, ir, scale):
+    """The `resize=True` rule of this module's docstring."""
+    full = vis.shape
+    h, w = (full[0] // scale) * scale, (full[1] // scale) * scale
+    vis, target = vis[:h, :w], (h // scale, w // scale)
+    if ir.shape == target:
+        return vis, ir
+    if ir.shape == full:
+        return vis, downsample_ir(ir[:h, :w], scale)
+    factors = (target[0] / ir.shape[0], target[1] / ir.shape[1])
+    out = scipy.ndimage.zoom(ir.astype(np.float64), factors, order=3)[:target[0], :target[1]]
+    out = np.pad(out, [(0, target[0] - out.shape[0]), (0, target[1] - out.shape[1])], mode="edge")
+    return vis, np.clip(out, 0, 1).astype(np.float32)
+
+
+def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=False):
+    """Reads a pair, fuses it and writes an 8-bit image (no min-max stretch unless asked)."""
+    fused = fuser(images.read_grey(vis_path), images.read_grey(ir_path), resize=resize,
+                  vis_name=os.fspath(vis_path), ir_name=os.fspath(ir_path))
+    images.write_image(output, fused, stretch=stretch)
+    return fused
+
+
+def fuse_dirs(fuser, vis_dir, ir_dir, output_dir, resize=False, stretch=False, log=print):
+    """Fuses every pair (paired by file stem); a bad pair is reported and skipped.
+
+    Returns (written paths, [(name, error message)]).
+    """
+    pairs = images.pair_by_name(vis_dir, ir_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    written, failed = [], []
+    for stem, vpath, ipath in pairs:
+        out = os.path.join(output_dir, stem + ".png")
+        try:
+            fuse_files(fuser, vpath, ipath, out, resize=resize, stretch=stretch)
+            written.append(out)
+            log(f"{stem}: {out}")
+        except InputError as e:
+            failed.append((stem, str(e)))
+            log(f"{stem}: FAILED: {e}")
+    return written, failed

@@ -1,0 +1,121 @@
+"""Building blocks shared by the generator and the discriminators.
+
+All reproduce the TF1 helpers of the official code: `conv2d` (reflect pad 1, VALID conv, bias,
+optional BN, optional ReLU), `deconv_ir` / `deconv_vis` (bias-free 3x3 transposed conv, SAME),
+and `tf.layers.batch_normalization` (momentum 0.99, epsilon 1e-3).
+"""
+import keras
+import tensorflow as tf
+
+from ddcgan_tf import config as C
+
+BN_MODES = ("batch", "moving")
+
+
+@keras.saving.register_keras_serializable(package="ddcgan_tf")
+class BatchNorm(keras.layers.Layer):
+    """Batch normalisation with an explicit choice of statistics outside training.
+
+    training=True: batch statistics, and the moving averages are updated (unless `update=False`).
+    training=False: `mode="moving"` uses the moving averages (standard inference);
+    `mode="batch"` uses the statistics of the input itself, without touching the moving
+    averages: what the official code does when fusing (it builds BN with training=True).
+    """
+
+    def __init__(self, mode="batch", momentum=C.BN_MOMENTUM, epsilon=C.BN_EPSILON, **kwargs):
+        super().__init__(**kwargs)
+        if mode not in BN_MODES:
+            raise ValueError(f"bn mode must be one of {BN_MODES}, got {mode!r}")
+        self.mode = mode
+        self.momentum = momentum
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        channels = (int(input_shape[-1]),)
+        self.gamma = self.add_weight(shape=channels, initializer="ones", name="gamma")
+        self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
+        self.moving_mean = self.add_weight(shape=channels, initializer="zeros", trainable=False,
+                                           name="moving_mean")
+        self.moving_variance = self.add_weight(shape=channels, initializer="ones", trainable=False,
+                                               name="moving_variance")
+
+    def call(self, x, training=False, update=True):
+        if training or self.mode == "batch":
+            mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+            if training and update:
+                m = self.momentum
+                self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
+                self.moving_variance.assign(m * self.moving_variance + (1.0 - m) * variance)
+        else:
+            mean, variance = self.moving_mean, self.moving_variance
+        return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.epsilon)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode, "momentum": self.momentum,
+                "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="ddcgan_tf")
+class ReflectConv(keras.layers.Layer):
+    """Official `conv2d`: reflect pad 1, 3x3 VALID conv (+bias), optional BN, optional ReLU."""
+
+    def __init__(self, filters, strides=1, stddev=C.G_INIT_STDDEV, use_bn=True, relu=True,
+                 bn_mode="batch", **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.strides, self.stddev = filters, strides, stddev
+        self.use_bn, self.relu, self.bn_mode = use_bn, relu, bn_mode
+        self.conv = keras.layers.Conv2D(
+            filters, 3, strides=strides, padding="valid", name="conv",
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=stddev),
+            bias_initializer="zeros")
+        self.bn = BatchNorm(mode=bn_mode, name="bn") if use_bn else None
+
+    def build(self, input_shape):
+        shape = list(input_shape)
+        shape[1] = None if shape[1] is None else shape[1] + 2
+        shape[2] = None if shape[2] is None else shape[2] + 2
+        self.conv.build(tuple(shape))
+        if self.bn is not None:
+            self.bn.build(tuple(shape[:-1]) + (self.filters,))
+
+    def call(self, x, training=False, skip_bn=False, update_bn=True):
+        x = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT")
+        x = self.conv(x)
+        if self.bn is not None and not skip_bn:
+            x = self.bn(x, training=training, update=update_bn)
+        return tf.nn.relu(x) if self.relu else x
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "strides": self.strides,
+                "stddev": self.stddev, "use_bn": self.use_bn, "relu": self.relu,
+                "bn_mode": self.bn_mode}
+
+
+@keras.saving.register_keras_serializable(package="ddcgan_tf")
+class Deconv(keras.layers.Layer):
+    """Official `deconv_ir` / `deconv_vis`: 1->1 channel 3x3 transposed conv, no bias, SAME.
+
+    The kernel has the TF1 shape [3, 3, out=1, in=1]; the output is `strides` times the input size
+    for any input size (the output shape is taken from the dynamic input shape).
+    """
+
+    def __init__(self, strides, stddev=C.D_INIT_STDDEV, **kwargs):
+        super().__init__(**kwargs)
+        self.strides, self.stddev = strides, stddev
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            shape=(3, 3, 1, 1), name="kernel",
+            initializer=keras.initializers.TruncatedNormal(stddev=self.stddev))
+
+    def call(self, x):
+        s = tf.shape(x)
+        out_shape = tf.stack([s[0], s[1] * self.strides, s[2] * self.strides, 1])
+        return tf.nn.conv2d_transpose(x, self.kernel, out_shape, strides=self.strides, padding="SAME")
+
+    def compute_output_shape(self, input_shape):
+        n, h, w, _ = input_shape
+        return (n, None if h is None else h * self.strides, None if w is None else w * self.strides, 1)
+
+    def get_config(self):
+        return {**super().get_config(), "strides": self.strides, "stddev": self.stddev}

@@ -1,0 +1,30 @@
+"""ddcgan_tf: DDcGAN (Ma et al., IEEE TIP 2020) in TensorFlow 2 / Keras 3."""
+import os
+import platform
+
+from setuptools import find_packages, setup
+
+# The TensorFlow distribution: tensorflow-cpu on Linux x86-64 (a quarter of the download, no
+# CUDA), tensorflow elsewhere. GPU users: DDCGAN_TF_REQUIREMENT="tensorflow[and-cuda]" pip install -e .
+_cpu = platform.system() == "Linux" and platform.machine() in ("x86_64", "AMD64")
+tf = os.environ.get("DDCGAN_TF_REQUIREMENT", "tensorflow-cpu>=2.16" if _cpu else "tensorflow>=2.16")
+
+setup(
+    name="ddcgan_tf",
+    version="0.1.0",
+    description="DDcGAN multi-resolution image fusion (TIP 2020) in TensorFlow 2 / Keras 3",
+    packages=find_packages(include=["ddcgan_tf", "ddcgan_tf.*"]),
+    python_requires=">=3.10",
+    # tensorboard: tf.summary (TensorBoard scalars and sample images) needs it; TF 2.21 no longer
+    # pulls it in.
+    install_requires=[tf, "keras>=3.0", "numpy", "h5py", "scipy", "imageio", "absl-py", "tensorboard"],
+    extras_require={
+        "test": ["pytest", "scikit-image", "hypothesis", "nbclient", "nbformat", "ipykernel"],
+    },
+    entry_points={"console_scripts": [
+        "ddcgan-prepare=ddcgan_tf.cli.prepare:run",
+        "ddcgan-train=ddcgan_tf.cli.train:run",
+        "ddcgan-fuse=ddcgan_tf.cli.fuse:run",
+        "ddcgan-evaluate=ddcgan_tf.cli.evaluate:run",
+    ]},
+)

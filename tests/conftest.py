@@ -1,0 +1,54 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import imageio.v3 as iio  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
+
+
+def synthetic_pair(h=64, w=96, seed=0):
+    """The demo's scene at a small size: (visible, full-resolution infrared)."""
+    from ddcgan_tf.demo import synthetic_scene
+
+    return synthetic_scene(h, w, seed)
+
+
+def write_pairs(root, names=("a", "b"), size=(64, 96), ir_scale=1, ext=".png"):
+    """Writes 8-bit synthetic pairs into root/vis and root/ir; returns (vis_dir, ir_dir)."""
+    vis_dir, ir_dir = os.path.join(root, "vis"), os.path.join(root, "ir")
+    os.makedirs(vis_dir, exist_ok=True)
+    os.makedirs(ir_dir, exist_ok=True)
+    for k, name in enumerate(names):
+        vis, ir = synthetic_pair(*size, seed=k)
+        if ir_scale > 1:
+            ir = ir[::ir_scale, ::ir_scale]
+        iio.imwrite(os.path.join(vis_dir, name + ext), (vis * 255).round().astype(np.uint8))
+        iio.imwrite(os.path.join(ir_dir, name + ext), (ir * 255).round().astype(np.uint8))
+    return vis_dir, ir_dir
+
+
+@pytest.fixture
+def pair_dirs(tmp_path):
+    return write_pairs(str(tmp_path))
+
+
+@pytest.fixture
+def small_patch_set(tmp_path):
+    """A 32x32 / 8x8 patch set built by the real preprocessing from synthetic pairs."""
+    from ddcgan_tf.patches import build_patch_set
+
+    vis_dir, ir_dir = write_pairs(str(tmp_path / "src"), names=("a", "b", "c"))
+    out = str(tmp_path / "small.h5")
+    build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, scale=4, log=lambda *_: None)
+    return out
+
+
+def shared_path(*parts):
+    path = os.path.join(SHARED, *parts)
+    if not os.path.exists(path):
+        pytest.skip(f"{path} not available (../shared is absent)")
+    return path

@@ -1,0 +1,103 @@
+"""Fusing (library and CLI) and the prepare -> train -> fuse command line path."""
+import os
+import subprocess
+import sys
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from ddcgan_tf.checkpoint import load_generator, save_generator
+from ddcgan_tf.errors import InputError
+from ddcgan_tf.fuse import Fuser, fit_sizes
+from ddcgan_tf.generator import Generator
+
+from conftest import REPO, synthetic_pair, write_pairs
+
+
+def cli(*args, cwd=None):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def generator_file(tmp_path_factory):
+    g = Generator()
+    g.build()
+    path = str(tmp_path_factory.mktemp("gen") / "generator.h5")
+    save_generator(g, path)
+    return path
+
+
+def test_fuser_handles_any_multiple_of_four_and_matches_the_model(generator_file):
+    g = load_generator(generator_file)
+    fuser = Fuser(g)
+    for h, w in ((64, 96), (40, 28)):
+        vis, ir = synthetic_pair(h, w)
+        out = fuser(vis, ir[::4, ::4])
+        assert out.shape == (h, w) and out.dtype == np.float32
+        direct = g((vis[None, ..., None], ir[::4, ::4][None, ..., None])).numpy()[0, ..., 0]
+        np.testing.assert_allclose(out, direct, atol=1e-5)
+
+
+def test_resize_rule_crops_and_downsamples(generator_file):
+    vis, ir = synthetic_pair(66, 99)
+    v, i = fit_sizes(vis, ir, 4)  # full-resolution IR of the same size
+    assert v.shape == (64, 96) and i.shape == (16, 24)
+    v, i = fit_sizes(vis, ir[:30, :40], 4)  # any other size is resampled
+    assert i.shape == (16, 24)
+    fuser = Fuser(load_generator(generator_file))
+    with pytest.raises(InputError, match="must be 24x16"):
+        fuser(v, ir)
+    assert fuser(vis, ir, resize=True).shape == (64, 96)
+
+
+def test_prepare_train_fuse_from_the_command_line(tmp_path):
+    vis_dir, ir_dir = write_pairs(str(tmp_path / "src"), names=("a", "b", "c"))
+    data, model_dir = str(tmp_path / "set.h5"), str(tmp_path / "run")
+    r = cli("ddcgan_tf.cli.prepare", f"--vis_dir={vis_dir}", f"--ir_dir={ir_dir}", f"--output={data}",
+            "--patch=32", "--stride=16")
+    assert r.returncode == 0, r.stderr
+    assert "wrote 45 patches from 3 pairs" in r.stdout
+    r = cli("ddcgan_tf.cli.train", f"--data={data}", f"--model_dir={model_dir}", "--steps=2",
+            "--batch_size=4", "--checkpoint_every=1", "--verbose=0")
+    assert r.returncode == 0, r.stderr
+    assert os.path.exists(os.path.join(model_dir, "ckpt-00000002.h5"))
+    assert os.listdir(os.path.join(model_dir, "logs"))  # TensorBoard events
+    # single pair; the IR here is full resolution, so --resize downsamples it
+    out = str(tmp_path / "fused.png")
+    r = cli("ddcgan_tf.cli.fuse", f"--vis={vis_dir}/a.png", f"--ir={ir_dir}/a.png", f"--output={out}",
+            f"--checkpoint={model_dir}", "--resize")
+    assert r.returncode == 0, r.stderr
+    img = iio.imread(out)
+    assert img.shape == (64, 96) and img.dtype == np.uint8
+    # directory mode with one bad pair: the others are fused, the bad one is reported, exit 2
+    lowres = tmp_path / "ir_low"
+    lowres.mkdir()
+    for name in ("a", "b"):
+        iio.imwrite(str(lowres / f"{name}.png"), iio.imread(f"{ir_dir}/{name}.png")[::4, ::4])
+    iio.imwrite(str(lowres / "c.png"), np.zeros((5, 5), np.uint8))
+    r = cli("ddcgan_tf.cli.fuse", f"--vis_dir={vis_dir}", f"--ir_dir={lowres}",
+            f"--output_dir={tmp_path / 'out'}", f"--checkpoint={model_dir}")
+    assert r.returncode == 2
+    assert sorted(os.listdir(tmp_path / "out")) == ["a.png", "b.png"]
+    assert "c.png" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("problem", ["missing", "not_an_image", "truncated"])
+def test_fuse_errors_are_one_line_and_leave_no_output(tmp_path, generator_file, problem):
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a",))
+    bad = tmp_path / "bad.png"
+    if problem == "not_an_image":
+        bad.write_text("this is not a PNG")
+    elif problem == "truncated":
+        data = open(f"{vis_dir}/a.png", "rb").read()
+        bad.write_bytes(data[: len(data) // 2])
+    out = tmp_path / "fused.png"
+    r = cli("ddcgan_tf.cli.fuse", f"--vis={bad}", f"--ir={ir_dir}/a.png", f"--output={out}",
+            f"--checkpoint={generator_file}")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in r.stderr
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]

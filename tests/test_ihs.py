@@ -1,0 +1,97 @@
+"""The IHS transform and the PET-MRI colour path (issue: PET-MRI colour fusion)."""
+import os
+
+import h5py
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from ddcgan_tf.fuse import Fuser
+from ddcgan_tf.generator import Generator
+from ddcgan_tf.ihs import (SQRT3, chroma, fuse_pet_mri, hue_saturation, ihs_to_rgb, intensity,
+                           read_pet_intensity, rgb_to_ihs)
+from ddcgan_tf.patches import build_patch_set
+
+from conftest import shared_path
+
+
+@pytest.fixture(scope="module")
+def fuser():
+    g = Generator()
+    g.build()
+    return Fuser(g)
+
+
+def test_round_trip_through_ihs_and_hue_saturation():
+    rgb = np.random.default_rng(0).random((40, 30, 3))
+    i, v1, v2 = rgb_to_ihs(rgb)
+    assert np.abs(ihs_to_rgb(i, v1, v2) - rgb).max() < 1e-6
+    h, s = hue_saturation(v1, v2)
+    assert np.abs(ihs_to_rgb(i, *chroma(h, s)) - rgb).max() < 1e-6
+    np.testing.assert_allclose(i, rgb.sum(-1) / SQRT3)
+    np.testing.assert_allclose(intensity(rgb), rgb.mean(-1))
+
+
+def test_grey_pixels_have_no_saturation():
+    grey = np.full((4, 4, 3), 0.4)
+    _, v1, v2 = rgb_to_ihs(grey)
+    assert np.abs(hue_saturation(v1, v2)[1]).max() < 1e-12
+
+
+def test_pure_hue_pet_keeps_its_hue_after_fusion_with_a_flat_mri(fuser):
+    for colour in ([0.9, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.9]):
+        pet = np.broadcast_to(np.array(colour, np.float32), (16, 16, 3))
+        mri = np.full((64, 64), 0.5, np.float32)
+        out = fuse_pet_mri(fuser, mri, pet)
+        assert out.shape == (64, 64, 3) and out.min() >= 0 and out.max() <= 1
+        h_in = hue_saturation(*rgb_to_ihs(np.array(colour))[1:])[0]
+        h_out, s_out = hue_saturation(*rgb_to_ihs(out.astype(np.float64))[1:])
+        assert np.all(s_out > 1e-3)
+        np.testing.assert_allclose(h_out, h_in, atol=1e-3)
+
+
+def test_grey_pet_gives_a_grey_output(fuser):
+    pet = np.random.default_rng(1).random((16, 16)).astype(np.float32)
+    out = fuse_pet_mri(fuser, np.full((64, 64), 0.5, np.float32), pet)
+    assert out.shape == (64, 64)
+    # three equal channels count as grey too
+    out3 = fuse_pet_mri(fuser, np.full((64, 64), 0.5, np.float32), np.repeat(pet[..., None], 3, -1))
+    np.testing.assert_allclose(out3, out, atol=1e-6)
+
+
+def test_intensity_is_fused_at_the_generator_scale(fuser):
+    pet = np.random.default_rng(2).random((16, 16, 3)).astype(np.float32)
+    mri = np.random.default_rng(3).random((64, 64)).astype(np.float32)
+    out = fuse_pet_mri(fuser, mri, pet)
+    fused_i = fuser(mri, intensity(pet).astype(np.float32))
+    # where nothing was clipped, the output's I / sqrt(3) is exactly the generator's output
+    unclipped = np.all((out > 0) & (out < 1), axis=-1)
+    np.testing.assert_allclose(intensity(out.astype(np.float64))[unclipped], fused_i[unclipped], atol=1e-5)
+
+
+def test_pet_mri_patch_set_from_colour_pet(tmp_path):
+    mri_dir, pet_dir = tmp_path / "mri", tmp_path / "pet"
+    mri_dir.mkdir()
+    pet_dir.mkdir()
+    rng = np.random.default_rng(0)
+    iio.imwrite(str(mri_dir / "1.png"), (rng.random((64, 64)) * 255).astype(np.uint8))
+    pet = (rng.random((16, 16, 3)) * 255).astype(np.uint8)
+    iio.imwrite(str(pet_dir / "1.png"), pet)
+    out = str(tmp_path / "pet.h5")
+    build_patch_set(str(mri_dir), str(pet_dir), out, patch=32, stride=16, scale=4,
+                    mode="pet-mri", read_ir=read_pet_intensity, log=lambda *_: None)
+    with h5py.File(out, "r") as f:
+        assert f["vis"].shape == (9, 32, 32, 1) and f["ir"].shape == (9, 8, 8, 1)
+        np.testing.assert_allclose(f["ir"][0, ..., 0], pet[:8, :8].mean(-1) / 255.0, atol=1e-6)
+        assert f.attrs["mode"] == "pet-mri"
+
+
+def test_real_colour_pet_slice_is_fused_in_colour(fuser):
+    path = os.path.join(shared_path("medical", "pet_rgb"), "015.png")
+    pet_full = iio.imread(path)[..., :3] / 255.0
+    pet = pet_full[::4, ::4].astype(np.float32)
+    mri = np.asarray(intensity(pet_full), np.float32)  # an MRI-like grey image of the same slice
+    out = fuse_pet_mri(fuser, mri, pet)
+    assert out.shape == (256, 256, 3)
+    _, s = hue_saturation(*rgb_to_ihs(out.astype(np.float64))[1:])
+    assert s.max() > 0.1  # colour survives

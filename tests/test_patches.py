@@ -1,0 +1,117 @@
+import os
+
+import h5py
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import scipy.ndimage
+
+from ddcgan_tf.data import PatchSet, make_dataset
+from ddcgan_tf.errors import InputError
+from ddcgan_tf.patches import build_patch_set, cut_pair
+
+from conftest import write_pairs
+
+
+def quiet(*_):
+    pass
+
+
+def test_patches_are_aligned_and_ir_is_downsampled_the_official_way(tmp_path):
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a",), size=(64, 96))
+    out = str(tmp_path / "set.h5")
+    summary = build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, scale=4, log=quiet)
+    # (64 - 32) / 16 + 1 = 3 rows, (96 - 32) / 16 + 1 = 5 columns
+    assert summary["patches"] == 15
+    vis = iio.imread(os.path.join(vis_dir, "a.png")) / 255.0
+    ir = iio.imread(os.path.join(ir_dir, "a.png")) / 255.0
+    with h5py.File(out, "r") as f:
+        assert f["vis"].shape == (15, 32, 32, 1) and f["ir"].shape == (15, 8, 8, 1)
+        assert f["vis"].dtype == np.uint8  # 8-bit sources are stored exactly
+        assert f.attrs["stride"] == 16 and f.attrs["scale"] == 4
+        assert '"a"' in f.attrs["sources"]
+        k = 1 * 5 + 2  # row 1, column 2 -> origin (16, 32)
+        np.testing.assert_allclose(f["vis"][k, ..., 0] / 255.0, vis[16:48, 32:64], atol=1e-7)
+        expected = np.clip(scipy.ndimage.zoom(ir[16:48, 32:64], 0.25), 0, 1)
+        np.testing.assert_allclose(f["ir"][k, ..., 0], expected, atol=1e-6)
+
+
+def test_low_resolution_ir_is_cut_at_aligned_positions():
+    vis = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    ir = vis[::4, ::4].copy()
+    v, i = cut_pair(vis, ir, patch=32, stride=16, scale=4)
+    np.testing.assert_array_equal(i[4], ir[4:12, 4:12])  # row 1, column 1 -> origin (16, 16)
+    with pytest.raises(InputError, match="multiple of the scale"):
+        cut_pair(vis, ir, patch=32, stride=14, scale=4)
+
+
+def test_mismatched_pairs_are_skipped_reported_or_resized(tmp_path):
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a", "b"))
+    iio.imwrite(os.path.join(ir_dir, "b.png"), np.zeros((50, 70), np.uint8))
+    out = str(tmp_path / "set.h5")
+    summary = build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, log=quiet)
+    assert [s["name"] for s in summary["skipped"]] == ["b"]
+    with pytest.raises(InputError, match="b.png"):
+        build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, on_mismatch="error", log=quiet)
+    summary = build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, on_mismatch="resize", log=quiet)
+    assert summary["pairs"] == 2 and not summary["skipped"]
+
+
+def test_exclude_missing_partner_and_empty_directory(tmp_path):
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a", "b"))
+    out = str(tmp_path / "set.h5")
+    assert build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, exclude=["b"], log=quiet)["pairs"] == 1
+    os.remove(os.path.join(ir_dir, "b.png"))
+    with pytest.raises(InputError, match="no ir partner named 'b"):
+        build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, log=quiet)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match="no image files"):
+        build_patch_set(str(empty), ir_dir, out, log=quiet)
+
+
+def test_dataset_streams_shuffled_batches(small_patch_set):
+    ds, patches = make_dataset(small_patch_set, batch_size=4, seed=0, block_size=5, shuffle_buffer=8)
+    vis, ir = next(iter(ds))
+    assert vis.shape == (4, 32, 32, 1) and ir.shape == (4, 8, 8, 1)
+    assert 0.0 <= float(np.min(vis)) and float(np.max(vis)) <= 1.0
+    # every patch comes through once per pass, paired with its own infrared patch
+    ds, _ = make_dataset(small_patch_set, batch_size=1, seed=0, block_size=5, repeat=False)
+    seen = [(v.numpy().sum(), i.numpy().sum()) for v, i in ds]
+    with h5py.File(small_patch_set, "r") as f:
+        truth = [(float(v.astype(np.float32).sum() / 255.0), float(i.sum())) for v, i in zip(f["vis"][:], f["ir"][:])]
+    assert len(seen) == len(patches) == len(truth)
+    assert sorted(np.round(np.asarray(seen, np.float64), 2).tolist()) == \
+        sorted(np.round(np.asarray(truth, np.float64), 2).tolist())
+
+
+@pytest.mark.parametrize("matlab_order", [False, True])
+def test_reads_the_official_training_dataset_layout(tmp_path, matlab_order):
+    rng = np.random.default_rng(0)
+    data = rng.random((6, 84, 84, 2)).astype(np.float32)
+    path = str(tmp_path / "Training_Dataset.h5")
+    with h5py.File(path, "w") as f:
+        f["data"] = data.T if matlab_order else data
+    patches = PatchSet(path)
+    assert patches.layout == "official" and len(patches) == 6
+    with h5py.File(path, "r") as f:
+        vis, ir = patches.read(f, 2, 4)
+    np.testing.assert_allclose(vis[..., 0], data[2:4, ..., 0])
+    np.testing.assert_allclose(ir[0, ..., 0], np.clip(scipy.ndimage.zoom(data[2, ..., 1], 0.25), 0, 1), atol=1e-6)
+
+
+def test_wrong_layouts_are_rejected_with_the_file_name(tmp_path):
+    path = str(tmp_path / "bad.h5")
+    with h5py.File(path, "w") as f:
+        f["images"] = np.zeros((2, 84, 84))
+    with pytest.raises(InputError, match="bad.h5: unknown layout"):
+        PatchSet(path)
+    with h5py.File(path, "w") as f:
+        f["vis"] = np.zeros((2, 84, 84, 1))
+        f["ir"] = np.zeros((2, 84, 84, 1))
+    with pytest.raises(InputError, match="do not match scale 4"):
+        PatchSet(path)
+    not_h5 = tmp_path / "text.h5"
+    not_h5.write_text("hello")
+    with pytest.raises(InputError, match="not a readable HDF5 file"):
+        PatchSet(str(not_h5))

@@ -1,0 +1,122 @@
+"""The adaptive schedule of DDcGAN.train_step (paper Algorithm 1 / official train.py).
+
+One compiled model is shared: the thresholds are variables (`set_schedule`), so every scenario
+runs through the same traced graph, as `fit` would run it.
+"""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ddcgan_tf import config as C
+from ddcgan_tf.ddcgan import DDcGAN
+from ddcgan_tf.optimizers import TF1RMSprop
+
+P = 32
+
+
+def batch(seed=0, n=4):
+    rng = np.random.default_rng(seed)
+    return (tf.constant(rng.random((n, P, P, 1), np.float32)),
+            tf.constant(rng.random((n, P // 4, P // 4, 1), np.float32)))
+
+
+class Compiled:
+    def __init__(self, preset):
+        tf.keras.utils.set_random_seed(0)
+        self.model = DDcGAN(patch_size=P)
+        self.model.compile(train_config=C.get_preset(preset, 4), steps_per_epoch=100)
+        self.fn = tf.function(self.model.train_step)
+
+    def step(self, data=None, **schedule):
+        self.model.set_schedule(**schedule)
+        return {k: float(v) for k, v in self.fn(data or batch()).items()}
+
+
+@pytest.fixture(scope="module")
+def official():
+    return Compiled("official")
+
+
+def test_d_step_repeats_up_to_i_max_while_losing(official):
+    out = official.step(l_max=-1.0, l_min=-1.0, g_max=1e9, max_repeats=4)  # D always "losing"
+    assert out["dv_steps"] == 4 and out["di_steps"] == 4 and out["g_steps"] == 1
+
+
+def test_d_step_repeats_until_its_loss_is_at_most_l_max(official):
+    total = 0
+    for seed in range(3):
+        out = official.step(batch(seed), l_max=1.3, l_min=-1.0, g_max=1e9, max_repeats=20)
+        total += out["dv_steps"]
+        # the loop's postcondition: stopped at I_max, or the recomputed loss is within bound
+        assert out["dv_steps"] == 20 or out["dv_loss"] <= 1.3
+        assert out["di_steps"] == 20 or out["di_loss"] <= 1.3
+    assert total > 3  # it did repeat
+
+
+def test_no_repeats_when_every_net_is_in_its_band(official):
+    m = official.model
+    before = int(m.optimizer_steps.numpy()), int(m.batch_count.numpy())
+    out = official.step(l_max=1e9, l_min=-1.0, g_max=1e9, max_repeats=20)
+    assert (out["dv_steps"], out["di_steps"], out["g_steps"]) == (1, 1, 1)
+    # official LR counting: every optimizer step advances the decay counter
+    assert int(m.optimizer_steps.numpy()) - before[0] == 3
+    assert int(m.batch_count.numpy()) - before[1] == 1
+
+
+def test_g_repeats_while_a_discriminator_wins_or_l_g_is_too_large(official):
+    out = official.step(l_max=1e9, l_min=1e9, g_max=1e9, max_repeats=5)
+    assert out["g_steps"] == 5
+    out = official.step(l_max=1e9, l_min=-1.0, g_max=0.0, max_repeats=6)
+    assert out["g_steps"] == 6
+    m = official.model
+    before = int(m.optimizer_steps.numpy())
+    out = official.step(l_max=1e9, l_min=-1.0, g_max=0.0, max_repeats=3)
+    assert int(m.optimizer_steps.numpy()) - before == 2 + out["g_steps"]
+
+
+def test_learning_rate_decays_with_every_optimizer_step(official):
+    m = official.model
+    out = official.step(l_max=1e9, l_min=-1.0, g_max=1e9, max_repeats=20)
+    n = int(m.optimizer_steps.numpy())
+    assert out["lr"] == pytest.approx(2e-4 * 0.9 ** (n / 100), rel=1e-5)
+    assert float(m.dv_optimizer.learning_rate) == pytest.approx(2e-4 * 0.9 ** ((n - 1) / 100), rel=1e-5) \
+        or float(m.g_optimizer.learning_rate) == pytest.approx(2e-4 * 0.9 ** ((n - 1) / 100), rel=1e-5)
+
+
+def test_weights_are_clipped_after_every_update(official):
+    m = official.model
+    kernel = m.generator.decoder_convs[0].conv.kernel
+    kernel.assign(tf.fill(kernel.shape, 50.0))
+    official.step(l_max=1e9, l_min=-1.0, g_max=1e9, max_repeats=20)
+    assert float(tf.reduce_max(tf.abs(kernel))) <= 8.0
+
+
+def test_relative_g_max_of_the_paper_preset():
+    paper = Compiled("paper")
+    assert paper.model.train_config.clip_value is None
+    out = paper.step(l_max=1e9, l_min=-1.0, g_max=0.0, max_repeats=7)  # 0 * L_G: always above
+    assert out["g_steps"] == 7
+    out = paper.step(l_max=1e9, l_min=-1.0, g_max=1e6, max_repeats=7)  # 1e6 * L_G: never above
+    assert out["g_steps"] == 1
+    # paper counting: the decay counts batches, not optimizer steps
+    b = int(paper.model.batch_count.numpy())
+    assert out["lr"] == pytest.approx(2e-3 * 0.75 ** (b / 100), rel=1e-5)
+
+
+def test_tf1_rmsprop_starts_its_accumulator_at_one():
+    v = tf.Variable([1.0, -2.0])
+    opt = TF1RMSprop(learning_rate=0.1)
+    opt.build([v])
+    g = tf.constant([0.5, 2.0])
+    opt.apply_gradients([(g, v)])
+    ms = 0.9 * 1.0 + 0.1 * g.numpy() ** 2
+    expected = np.array([1.0, -2.0]) - 0.1 * g.numpy() / np.sqrt(ms + 1e-10)
+    np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6)
+
+
+def test_the_adversarial_and_full_g_steps_use_separate_rmsprop_slots(official):
+    m = official.model
+    official.step(l_max=1e9, l_min=1e9, g_max=1e9, max_repeats=2)
+    g_slots = [v.numpy() for v in m.g_optimizer.variables[2:]]
+    adv_slots = [v.numpy() for v in m.g_adv_optimizer.variables[2:]]
+    assert any(not np.array_equal(a, b) for a, b in zip(g_slots, adv_slots))

@@ -1,0 +1,87 @@
+"""fit() with the real input pipeline, checkpoints, resume and the NaN guard."""
+import json
+import os
+
+import h5py
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ddcgan_tf import checkpoint as ckpt
+from ddcgan_tf import config as C
+from ddcgan_tf import losses
+from ddcgan_tf.data import make_dataset
+from ddcgan_tf.train import TrainingDiverged, build_model, train
+
+
+def content_loss(model, vis, ir):
+    fused = model.generator((vis, ir), training=False)
+    ir_term, grad_term = losses.content_terms(fused, vis, ir, 4)
+    return float(ir_term + 1.2 * grad_term)
+
+
+def steps_logged(model_dir):
+    with open(os.path.join(model_dir, "steps.jsonl")) as f:
+        return [json.loads(line)["step"] for line in f]
+
+
+def test_short_run_lowers_the_content_loss(small_patch_set, tmp_path):
+    ds, _ = make_dataset(small_patch_set, batch_size=4, scale=4, seed=0)
+    vis, ir = next(iter(ds))
+    tf.keras.utils.set_random_seed(0)
+    model = build_model(patch_size=32, train_config=C.get_preset("official", learning_rate=1e-3),
+                        steps_per_epoch=1000)
+    before = content_loss(model, vis, ir)
+    model.fit(ds, steps_per_epoch=12, epochs=1, verbose=0, shuffle=False)
+    after = content_loss(model, vis, ir)
+    assert after < 0.8 * before, (before, after)
+
+
+def test_training_resumes_from_the_saved_step(small_patch_set, tmp_path):
+    model_dir = str(tmp_path / "run")
+    kw = dict(batch_size=4, checkpoint_every=2, tensorboard=False, verbose=0, seed=1)
+    first = train(small_patch_set, model_dir, steps=3, **kw)
+    assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [2, 3]
+    saved_g = [v.numpy() for v in first.g_optimizer.variables]
+    # a fresh model restored from disk has the same weights, slots and counters
+    fresh = build_model(patch_size=32, steps_per_epoch=first.steps_per_epoch)
+    ckpt.load_state(fresh, ckpt.latest_checkpoint(model_dir))
+    assert int(fresh.batch_count.numpy()) == 3
+    assert int(fresh.optimizer_steps.numpy()) == int(first.optimizer_steps.numpy())
+    for a, b in zip(saved_g, fresh.g_optimizer.variables):
+        np.testing.assert_array_equal(a, b.numpy())
+    for a, b in zip(first.weights, fresh.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    second = train(small_patch_set, model_dir, steps=5, **kw)
+    assert int(second.batch_count.numpy()) == 5
+    assert steps_logged(model_dir) == [1, 2, 3, 4, 5]
+    assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [3, 4, 5]
+
+
+def test_resume_refuses_other_settings(small_patch_set, tmp_path):
+    model_dir = str(tmp_path / "run")
+    train(small_patch_set, model_dir, steps=1, batch_size=4, tensorboard=False, verbose=0)
+    with pytest.raises(Exception, match="other settings"):
+        train(small_patch_set, model_dir, steps=2, batch_size=4, preset="paper",
+              tensorboard=False, verbose=0)
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    path = str(tmp_path / "nan.h5")
+    rng = np.random.default_rng(0)
+    vis = rng.random((8, 32, 32, 1)).astype(np.float32)
+    vis[4:] = np.nan  # the second half of an unshuffled pass is poisoned
+    with h5py.File(path, "w") as f:
+        f["vis"] = vis
+        f["ir"] = rng.random((8, 8, 8, 1)).astype(np.float32)
+    model_dir = str(tmp_path / "run")
+    import ddcgan_tf.train as train_module
+
+    monkeypatch.setattr(train_module, "make_dataset",
+                        lambda *a, **k: make_dataset(*a, **{**k, "shuffle": False}))
+    with pytest.raises(TrainingDiverged, match="non-finite"):
+        train(path, model_dir, steps=4, batch_size=4, checkpoint_every=1, tensorboard=False, verbose=0)
+    assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [1]
+    model = build_model(patch_size=32)
+    ckpt.load_state(model, ckpt.latest_checkpoint(model_dir))
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.weights)
