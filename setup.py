@@ -26,5 +26,6 @@ setup(
         "ddcgan-train=ddcgan_tf.cli.train:run",
         "ddcgan-fuse=ddcgan_tf.cli.fuse:run",
         "ddcgan-evaluate=ddcgan_tf.cli.evaluate:run",
+        "ddcgan-export=ddcgan_tf.cli.export:run",
     ]},
 )

@@ -1,4 +1,8 @@
-"""Keras callbacks for DDcGAN training: checkpoints, a step cap, a NaN guard, logs and images."""
+"""Keras callbacks for DDcGAN training: checkpoints, a step cap, a NaN guard, logs and images.
+
+A log or summary that cannot be written (disk full, read-only directory) raises
+`ddcgan_tf.images.WriteError`, which stops `fit` with a one-line message in the CLI.
+"""
 import json
 import math
 import os
@@ -6,6 +10,8 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+
+from ddcgan_tf.images import WriteError, os_problem
 
 
 def _scalar_logs(logs):
@@ -63,7 +69,11 @@ class NaNGuard(keras.callbacks.Callback):
 
 
 class StepLog(keras.callbacks.Callback):
-    """Appends one JSON line of every metric per batch to `path` (the loss curves)."""
+    """Appends one JSON line of every metric per batch to `path` (the loss curves).
+
+    Put it before `Checkpoint` in the callback list: then every saved step is already logged,
+    and `trim_step_log` can make a resumed log continue exactly where the checkpoint stops.
+    """
 
     def __init__(self, path):
         super().__init__()
@@ -71,8 +81,43 @@ class StepLog(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         row = {"step": int(self.model.batch_count.numpy()), **_scalar_logs(logs)}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise WriteError(self.path, f"cannot append to the step log ({os_problem(e)})") from None
+
+
+def read_step_log(path):
+    """The complete JSON rows of a step log; a torn last line (a kill mid-write) is ignored."""
+    rows = []
+    try:
+        with open(path) as f:
+            lines = f.read().split("\n")
+    except FileNotFoundError:
+        return rows
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
+def trim_step_log(path, last_step, write):
+    """Rewrites the step log keeping complete rows with step <= last_step (the restored
+    checkpoint), so a resumed run's log has each step once, in order. `write(path, text)`
+    writes atomically."""
+    if not os.path.exists(path):
+        return
+    rows = [r for r in read_step_log(path) if r["step"] <= last_step]
+    with open(path) as f:
+        old = f.read()
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    if text != old:
+        write(path, text)
 
 
 class SampleImages(keras.callbacks.Callback):
@@ -80,18 +125,33 @@ class SampleImages(keras.callbacks.Callback):
 
     def __init__(self, log_dir, vis, ir, every=100):
         super().__init__()
-        self.writer = tf.summary.create_file_writer(os.fspath(log_dir))
+        self.log_dir = os.fspath(log_dir)
+        try:
+            self.writer = tf.summary.create_file_writer(self.log_dir)
+        except tf.errors.OpError as e:
+            raise WriteError(self.log_dir, f"cannot write TensorBoard logs ({_first_line(e.message)})") from None
         self.vis, self.ir, self.every = vis, ir, max(1, int(every))
 
     def on_train_batch_end(self, batch, logs=None):
         step = int(self.model.batch_count.numpy())
-        with self.writer.as_default(step=step):
-            for k, v in _scalar_logs(logs).items():
-                tf.summary.scalar(k, v)
-            if step % self.every == 1 or self.every == 1:
-                fused = self.model.generator((self.vis, self.ir), training=False)
-                tf.summary.image("fused", fused, max_outputs=len(self.vis))
-                tf.summary.image("vis", self.vis, max_outputs=len(self.vis))
+        try:
+            with self.writer.as_default(step=step):
+                for k, v in _scalar_logs(logs).items():
+                    tf.summary.scalar(k, v)
+                if step % self.every == 1 or self.every == 1:
+                    fused = self.model.generator((self.vis, self.ir), training=False)
+                    tf.summary.image("fused", fused, max_outputs=len(self.vis))
+                    tf.summary.image("vis", self.vis, max_outputs=len(self.vis))
+        except tf.errors.OpError as e:
+            raise WriteError(self.log_dir, f"cannot write TensorBoard logs ({_first_line(e.message)})") from None
 
     def on_train_end(self, logs=None):
-        self.writer.flush()
+        try:
+            self.writer.flush()
+        except tf.errors.OpError as e:
+            raise WriteError(self.log_dir, f"cannot write TensorBoard logs ({_first_line(e.message)})") from None
+
+
+def _first_line(text):
+    text = str(text).strip()
+    return text.splitlines()[0][:120] if text else "unknown error"

@@ -8,9 +8,12 @@
                            accumulators, learning rate)
     attrs: model_config, train_config, steps_per_epoch (JSON)
 
-The file is written under a temporary name and renamed (os.replace), so a kill at any moment
-leaves the previous checkpoints intact. A generator-only file (for fusing and shipping) has the
-same layout with only `generator/` and `model_config`.
+The file is written under a temporary name, flushed to disk and renamed (os.replace), so a
+kill at any moment leaves the previous checkpoints intact; a write that fails (disk full,
+read-only directory) raises `ddcgan_tf.images.WriteError` and removes the temporary file.
+Restoring skips a damaged newest checkpoint (one copied in half, say) for the next older one.
+A generator-only file (for fusing and shipping) has the same layout with only `generator/` and
+`model_config`.
 """
 import glob
 import json
@@ -22,7 +25,10 @@ import numpy as np
 
 from ddcgan_tf import config as C
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.images import atomic_write
+from ddcgan_tf.images import WriteError, atomic_write, check_output_dir, os_problem
+
+# What h5py raises for damaged files besides OSError (never InputError: callers re-raise that)
+_H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
 
 PATTERN = re.compile(r"^ckpt-(\d+)\.h5$")
 GENERATOR_FILE = "generator.h5"
@@ -77,9 +83,19 @@ def read_configs(path):
         with h5py.File(path, "r") as f:
             model_config = json.loads(f.attrs["model_config"])
             train = json.loads(f.attrs["train_config"]) if "train_config" in f.attrs else None
-            return model_config, train
-    except (OSError, KeyError, ValueError) as e:
-        raise InputError(path, f"not a ddcgan_tf checkpoint ({type(e).__name__}: {str(e)[:80]})") from None
+    except InputError:
+        raise
+    except _H5_ERRORS as e:
+        raise InputError(path, f"not a ddcgan_tf checkpoint ({_describe(e)})") from None
+    if not isinstance(model_config, dict) or not (train is None or isinstance(train, dict)):
+        raise InputError(path, "not a ddcgan_tf checkpoint (model_config/train_config are not JSON objects)")
+    return model_config, train
+
+
+def _describe(e):
+    text = str(e).strip()
+    first = text.splitlines()[0][:80] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def load_state(model, path):
@@ -92,8 +108,10 @@ def load_state(model, path):
             _read_vars(f["counters"], _counters(model), path)
             for name, opt in model.optimizers.items():
                 _read_vars(f[f"opt_{name}"], opt.variables, path)
-    except (OSError, KeyError) as e:
-        raise InputError(path, f"cannot restore checkpoint ({type(e).__name__}: {str(e)[:80]})") from None
+    except InputError:
+        raise
+    except _H5_ERRORS as e:
+        raise InputError(path, f"cannot restore checkpoint ({_describe(e)})") from None
 
 
 def save_generator(generator, path, extra=None):
@@ -132,15 +150,22 @@ def load_generator(path, bn_mode=None):
 
     path = resolve(path)
     model_config, _ = read_configs(path)
-    gen = Generator(scale=model_config.get("scale", C.SCALE),
-                    official_decoder=model_config.get("official_decoder", True),
-                    bn_mode=bn_mode or model_config.get("bn_mode", "batch"))
+    try:
+        gen = Generator(scale=model_config.get("scale", C.SCALE),
+                        official_decoder=model_config.get("official_decoder", True),
+                        bn_mode=bn_mode or model_config.get("bn_mode", "batch"))
+    except ValueError as e:  # a stored scale / bn_mode this code does not know
+        raise InputError(path, f"unsupported model configuration ({e})") from None
     gen.build()
     try:
         with h5py.File(path, "r") as f:
+            if "generator" not in f:
+                raise InputError(path, "holds no generator weights")
             _read_vars(f["generator"], gen.weights, path)
-    except KeyError:
-        raise InputError(path, "holds no generator weights") from None
+    except InputError:
+        raise
+    except _H5_ERRORS as e:
+        raise InputError(path, f"cannot read generator weights ({_describe(e)})") from None
     return gen
 
 
@@ -162,23 +187,61 @@ def latest_checkpoint(model_dir):
 class CheckpointManager:
     """Saves ckpt-<batch>.h5 into model_dir, keeping the newest `keep` of them."""
 
-    def __init__(self, model_dir, keep=3):
-        self.model_dir, self.keep = os.fspath(model_dir), keep
-        os.makedirs(self.model_dir, exist_ok=True)
+    def __init__(self, model_dir, keep=3, log=print):
+        self.model_dir, self.keep, self.log = os.fspath(model_dir), max(1, int(keep)), log
+        check_output_dir(self.model_dir, create=True)
         for stale in glob.glob(os.path.join(glob.escape(self.model_dir), ".tmp-*")):
-            os.remove(stale)  # left by a process killed mid-write
+            try:
+                os.remove(stale)  # left by a process killed mid-write
+            except OSError:
+                pass
 
     def save(self, model):
+        """Writes ckpt-<batch>.h5 atomically, then prunes to the newest `keep` (WriteError on failure)."""
         step = int(model.batch_count.numpy())
         path = os.path.join(self.model_dir, f"ckpt-{step:08d}.h5")
         save_state(model, path)
         for _, old in list_checkpoints(self.model_dir)[:-self.keep]:
-            os.remove(old)
+            try:
+                os.remove(old)
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                raise WriteError(old, f"cannot remove old checkpoint ({os_problem(e)})") from None
         return path
 
+    def latest_readable(self):
+        """(path, model_config, train_config) of the newest checkpoint whose configuration can be
+        read, or (None, None, None). Unreadable newer ones are reported through `log` and skipped."""
+        found = list_checkpoints(self.model_dir)
+        for _, path in reversed(found):
+            try:
+                model_config, train_config = read_configs(path)
+            except InputError as e:
+                self.log(f"warning: skipping damaged checkpoint {e}")
+                continue
+            return path, model_config, train_config
+        if found:
+            raise InputError(found[-1][1], f"none of the {len(found)} checkpoint(s) in {self.model_dir} "
+                                           "can be read; move them away to start a new run")
+        return None, None, None
+
     def restore_latest(self, model):
-        """Loads the newest checkpoint into model; returns its path or None."""
-        path = latest_checkpoint(self.model_dir)
-        if path:
-            load_state(model, path)
-        return path
+        """Loads the newest loadable checkpoint into model; returns its path or None.
+
+        A checkpoint that fails to load (damaged file) is reported through `log` and the next
+        older one is tried; InputError when checkpoints exist but none loads.
+        """
+        found = list_checkpoints(self.model_dir)
+        first_error = None
+        for _, path in reversed(found):
+            try:
+                load_state(model, path)
+                return path
+            except InputError as e:
+                first_error = first_error or e
+                self.log(f"warning: skipping damaged checkpoint {e}")
+        if first_error is not None:
+            raise InputError(found[-1][1], f"none of the {len(found)} checkpoint(s) in {self.model_dir} "
+                                           f"can be restored (newest: {first_error.problem})")
+        return None

@@ -16,24 +16,58 @@ from ddcgan_tf.errors import InputError
 from ddcgan_tf.patches import downsample_ir
 
 
+def _first_line(e):
+    text = str(e).strip()
+    return text.splitlines()[0][:100] if text else type(e).__name__
+
+
 class PatchSet:
     """Random access to the patches of one HDF5 file, validated on open."""
 
     def __init__(self, path, scale=C.SCALE):
         self.path = os.fspath(path)
-        if not os.path.isfile(self.path):
+        if not os.path.exists(self.path):
             raise InputError(self.path, "patch set not found")
+        if not os.path.isfile(self.path):
+            raise InputError(self.path, "is not a file (expected an HDF5 patch set)")
         try:
             with h5py.File(self.path, "r") as f:
                 self._inspect(f, scale)
+        except InputError:
+            raise
         except OSError as e:
-            raise InputError(self.path, f"not a readable HDF5 file ({str(e).splitlines()[0][:80]})") from None
+            raise InputError(self.path, f"not a readable HDF5 file ({_first_line(e)})") from None
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:  # h5py on damaged files
+            raise InputError(self.path, f"damaged HDF5 file ({type(e).__name__}: {_first_line(e)})") from None
+
+    def _dataset(self, f, name, shape_text):
+        d = f[name]
+        if not isinstance(d, h5py.Dataset):
+            raise InputError(self.path, f"'{name}' must be a dataset ({shape_text}), found a group")
+        if d.dtype.kind not in "biuf":
+            raise InputError(self.path, f"dataset '{name}' has unsupported type {d.dtype}")
+        return d
+
+    def _max_value(self, d):
+        value = d.attrs.get("max_value", 1.0)
+        try:
+            value = float(np.asarray(value).reshape(()))
+        except (TypeError, ValueError):
+            raise InputError(self.path, f"dataset '{d.name}': attribute max_value {value!r} is not a number") from None
+        if not np.isfinite(value) or value <= 0:
+            raise InputError(self.path, f"dataset '{d.name}': attribute max_value must be a positive number, "
+                                        f"got {value}")
+        return value
 
     def _inspect(self, f, scale):
         if "vis" in f and "ir" in f:
             self.layout = "ddcgan_tf"
-            v, i = f["vis"], f["ir"]
-            file_scale = int(f.attrs.get("scale", scale))
+            v = self._dataset(f, "vis", "N x P x P x 1")
+            i = self._dataset(f, "ir", "N x P/s x P/s x 1")
+            try:
+                file_scale = int(np.asarray(f.attrs.get("scale", scale)).reshape(()))
+            except (TypeError, ValueError):
+                raise InputError(self.path, f"attribute scale {f.attrs.get('scale')!r} is not an integer") from None
             if v.ndim != 4 or v.shape[-1] != 1 or v.shape[1] != v.shape[2]:
                 raise InputError(self.path, f"dataset 'vis' must be N x P x P x 1, got {v.shape}")
             if i.ndim != 4 or i.shape[-1] != 1:
@@ -43,12 +77,11 @@ class PatchSet:
             if file_scale != scale or v.shape[1] != i.shape[1] * scale or i.shape[1] != i.shape[2]:
                 raise InputError(self.path, f"patch sizes {v.shape[1]} / {i.shape[1]} do not match "
                                             f"scale {scale} (the set was built with scale {file_scale})")
-            self.vis_max = float(v.attrs.get("max_value", 1.0))
-            self.ir_max = float(i.attrs.get("max_value", 1.0))
+            self.vis_max, self.ir_max = self._max_value(v), self._max_value(i)
             self.size, self.patch = len(v), v.shape[1]
         elif "data" in f:
             self.layout = "official"
-            d = f["data"]
+            d = self._dataset(f, "data", "N x P x P x 2")
             if d.ndim != 4 or (d.shape[-1] != 2 and d.shape[0] != 2):
                 raise InputError(self.path, f"dataset 'data' must be N x P x P x 2, got {d.shape}")
             self.transposed = d.shape[-1] != 2  # MATLAB writes it as 2 x P x P x N
@@ -62,6 +95,8 @@ class PatchSet:
                                         f"(or the official 'data'), found {sorted(f.keys())}")
         if self.size == 0:
             raise InputError(self.path, "patch set is empty")
+        if self.patch < scale:
+            raise InputError(self.path, f"patches of {self.patch} pixels are smaller than the scale {scale}")
         self.scale = scale
         self.ir_patch = self.patch // scale
 
@@ -103,6 +138,8 @@ def make_dataset(path, batch_size=C.BATCH_SIZE, scale=C.SCALE, shuffle=True, see
     a `shuffle_buffer`-patch shuffle buffer across blocks. Incomplete last batches are dropped
     (as the official code trims the set). Returns (dataset, patch_set).
     """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError("--batch_size", f"must be a positive integer, got {batch_size!r}")
     patches = PatchSet(path, scale)
     if batch_size > len(patches):
         raise InputError(path, f"holds {len(patches)} patches, fewer than one batch of {batch_size}")

@@ -119,13 +119,38 @@ class DDcGAN(keras.Model):
         count = self.optimizer_steps if cfg.decay_counts == "optimizer_steps" else self.batch_count
         return decayed_learning_rate(cfg.learning_rate, cfg.lr_decay_rate, count, self.steps_per_epoch)
 
-    def _update(self, optimizer, variables, loss_fn):
-        """One optimizer step on loss_fn() over `variables`, then the official weight clipping."""
-        with tf.GradientTape() as tape:
-            loss = loss_fn()
-        grads = tape.gradient(loss, variables)
+    # Every piece below is written for the cross-replica context: `_replicas` runs a function on
+    # each replica's share of the batch (directly, without a distribution strategy) and `_mean`
+    # averages its results, so the schedule decides the same thing on every replica.
+    def _replicas(self, fn, *args):
+        strategy = self.distribute_strategy
+        return fn(*args) if strategy.num_replicas_in_sync == 1 else strategy.run(fn, args=args)
+
+    def _mean(self, values):
+        strategy = self.distribute_strategy
+        if strategy.num_replicas_in_sync == 1:
+            return values
+        return tf.nest.map_structure(
+            lambda t: strategy.reduce(tf.distribute.ReduceOp.MEAN, t, axis=None), values)
+
+    def _update(self, optimizer, variables, loss_fn, *args):
+        """One optimizer step on loss_fn(*args) over `variables`, then the official weight clipping.
+
+        Each replica's gradient is of its loss / replicas; the optimizer sums them, giving the
+        gradient of the global-batch loss. Returns the (pre-update) loss, averaged.
+        """
+        replicas = self.distribute_strategy.num_replicas_in_sync
         optimizer.learning_rate = self.learning_rate()
-        optimizer.apply_gradients(zip(grads, variables))
+
+        def step(*a):
+            with tf.GradientTape() as tape:
+                loss = loss_fn(*a)
+                scaled = loss / replicas
+            grads = tape.gradient(scaled, variables)
+            optimizer.apply_gradients(zip(grads, variables))
+            return loss
+
+        loss = self._mean(self._replicas(step, *args))
         clip = self.train_config.clip_value
         if clip is not None:
             for v in variables:
@@ -137,8 +162,18 @@ class DDcGAN(keras.Model):
         return self.generator((vis, ir), training=True,
                               update_bn=self.train_config.update_bn_statistics)
 
+    def _fakes(self, vis, ir):
+        fused = tf.stop_gradient(self._generate(vis, ir))
+        return fused, losses.downsample(fused, self.scale)
+
     def _d_loss(self, disc, real, fake):
         return losses.discriminator_loss(disc(real, training=True), disc(fake, training=True))
+
+    def _dv_loss(self, vis, fake, fake_lr):
+        return self._d_loss(self.dv, vis, fake)
+
+    def _di_loss(self, ir, fake, fake_lr):
+        return self._d_loss(self.di, ir, fake_lr)
 
     def _g_losses(self, vis, ir):
         """Forward pass of everything: every loss and the mean discriminator scores."""
@@ -155,16 +190,15 @@ class DDcGAN(keras.Model):
                 "dv_loss": losses.discriminator_loss(dv_real, dv_fake),
                 "di_loss": losses.discriminator_loss(di_real, di_fake),
                 "dv_real": tf.reduce_mean(dv_real), "dv_fake": tf.reduce_mean(dv_fake),
-                "di_real": tf.reduce_mean(di_real), "di_fake": tf.reduce_mean(di_fake),
-                "fused": fused}
+                "di_real": tf.reduce_mean(di_real), "di_fake": tf.reduce_mean(di_fake)}
 
-    def _repeat_d(self, disc, optimizer, real, fake, loss, steps):
+    def _repeat_d(self, disc, optimizer, loss_fn, data, loss, steps):
         """Step 2 for one discriminator: repeat while its loss > L_max, up to I_max steps."""
         sched = self.schedule
 
         def body(loss, steps):
-            self._update(optimizer, disc.trainable_variables, lambda: self._d_loss(disc, real, fake))
-            return self._d_loss(disc, real, fake), steps + 1
+            self._update(optimizer, disc.trainable_variables, loss_fn, *data)
+            return self._mean(self._replicas(loss_fn, *data)), steps + 1
 
         return tf.while_loop(
             lambda loss, steps: tf.logical_and(loss > sched["l_max"], steps < sched["max_repeats"]),
@@ -174,39 +208,51 @@ class DDcGAN(keras.Model):
         """Steps 3-4: G steps on out[loss_key] while keep_going(out), up to I_max G steps in all."""
         def body(out, steps):
             self._update(optimizer, self.generator.trainable_variables,
-                         lambda: self._g_losses(vis, ir)[loss_key])
-            new = self._g_losses(vis, ir)
-            new.pop("fused")
-            return new, steps + 1
+                         lambda v, i: self._g_losses(v, i)[loss_key], vis, ir)
+            return self._mean(self._replicas(self._g_losses, vis, ir)), steps + 1
 
         return tf.while_loop(
             lambda out, steps: tf.logical_and(keep_going(out), steps < self.schedule["max_repeats"]),
             body, (out, steps))
 
     # ------------------------------------------------------------------ the step
+    def make_train_function(self, force=False):
+        """Under a multi-replica strategy, runs `train_step` in the cross-replica context.
+
+        Keras would call train_step on every replica (strategy.run); the schedule's loops hold
+        synchronisation points (optimizer updates), which cannot sit inside a replica's control
+        flow, so the loops run cross-replica and each step inside is one strategy.run.
+        """
+        strategy = self.distribute_strategy
+        if strategy.num_replicas_in_sync == 1:
+            return super().make_train_function(force)
+        if self.train_function is not None and not force:
+            return self.train_function
+        step = tf.function(self.train_step, reduce_retracing=True, autograph=False)
+        self.train_function = lambda iterator: step(iterator.get_next())
+        return self.train_function
+
     def train_step(self, data):
+        """One batch of the adaptive schedule; returns the losses and the steps of each net."""
         vis, ir = data[0], data[1]
         cfg = self.train_config
         g_vars = self.generator.trainable_variables
         one = tf.constant(1.0)
 
         # 1. Dv, Di and G once each (official: D1_solver, D2_solver, G_solver).
-        fake = tf.stop_gradient(self._generate(vis, ir))
-        fake_lr = losses.downsample(fake, self.scale)
-        self._update(self.dv_optimizer, self.dv.trainable_variables,
-                     lambda: self._d_loss(self.dv, vis, fake))
-        self._update(self.di_optimizer, self.di.trainable_variables,
-                     lambda: self._d_loss(self.di, ir, fake_lr))
-        self._update(self.g_optimizer, g_vars, lambda: self._g_losses(vis, ir)["g_loss"])
-        out = self._g_losses(vis, ir)
+        fakes = self._replicas(self._fakes, vis, ir)
+        self._update(self.dv_optimizer, self.dv.trainable_variables, self._dv_loss, vis, *fakes)
+        self._update(self.di_optimizer, self.di.trainable_variables, self._di_loss, ir, *fakes)
+        self._update(self.g_optimizer, g_vars, lambda v, i: self._g_losses(v, i)["g_loss"], vis, ir)
+        out = self._mean(self._replicas(self._g_losses, vis, ir))
         g_max = self.schedule["g_max"] * (out["g_loss"] if cfg.g_max_relative else 1.0)
 
-        # 2. Discriminators repeat while they are losing.
-        fake = tf.stop_gradient(out.pop("fused"))
-        fake_lr = losses.downsample(fake, self.scale)
-        dv_loss, dv_steps = self._repeat_d(self.dv, self.dv_optimizer, vis, fake, out["dv_loss"], one)
-        di_loss, di_steps = self._repeat_d(self.di, self.di_optimizer, ir, fake_lr, out["di_loss"], one)
-        out["dv_loss"], out["di_loss"] = dv_loss, di_loss
+        # 2. Discriminators repeat while they are losing (G is fixed: one generator output).
+        fakes = self._replicas(self._fakes, vis, ir)
+        out["dv_loss"], dv_steps = self._repeat_d(self.dv, self.dv_optimizer, self._dv_loss,
+                                                  (vis, *fakes), out["dv_loss"], one)
+        out["di_loss"], di_steps = self._repeat_d(self.di, self.di_optimizer, self._di_loss,
+                                                  (ir, *fakes), out["di_loss"], one)
 
         # 3. Adversarial G steps while a discriminator is winning too clearly.
         out, g_steps = self._repeat_g(

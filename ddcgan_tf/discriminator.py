@@ -37,6 +37,7 @@ class Discriminator(keras.Model):
         for layer in self.convs:
             layer.build((None, side, side, channels))
             channels, side = layer.filters, (side + 2 - 3) // 2 + 1
+        self.flatten.build((None, side, side, channels))
         self.dense.build((None, side * side * channels))
         self.built = True
 

@@ -12,3 +12,7 @@ class InputError(ValueError):
         self.where = str(where)
         self.problem = str(problem)
         super().__init__(f"{self.where}: {self.problem}")
+
+
+class WriteError(InputError):
+    """An output could not be written: read-only or full disk, missing directory, and so on."""

@@ -53,15 +53,23 @@ def fit_sizes(vis, ir, scale):
     return vis, np.clip(out, 0, 1).astype(np.float32)
 
 
-def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=False):
-    """Reads a pair, fuses it and writes an 8-bit image (no min-max stretch unless asked)."""
-    fused = fuser(images.read_grey(vis_path), images.read_grey(ir_path), resize=resize,
-                  vis_name=os.fspath(vis_path), ir_name=os.fspath(ir_path))
+def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=False, tile=None):
+    """Reads a pair, fuses it (in overlapping tiles of side `tile` if given; see tiling.py) and
+    writes an 8-bit image (no min-max stretch unless asked)."""
+    vis, ir = images.read_grey(vis_path), images.read_grey(ir_path)
+    if resize:
+        vis, ir = fit_sizes(vis, ir, fuser.scale)
+    check_sizes(vis.shape, ir.shape, fuser.scale, os.fspath(vis_path), os.fspath(ir_path))
+    if tile:
+        from ddcgan_tf.tiling import fuse_tiled
+        fused = fuse_tiled(fuser, vis, ir, tile=tile)
+    else:
+        fused = fuser(vis, ir)
     images.write_image(output, fused, stretch=stretch)
     return fused
 
 
-def fuse_dirs(fuser, vis_dir, ir_dir, output_dir, resize=False, stretch=False, log=print):
+def fuse_dirs(fuser, vis_dir, ir_dir, output_dir, resize=False, stretch=False, tile=None, log=print):
     """Fuses every pair (paired by file stem); a bad pair is reported and skipped.
 
     Returns (written paths, [(name, error message)]).
@@ -72,7 +80,7 @@ def fuse_dirs(fuser, vis_dir, ir_dir, output_dir, resize=False, stretch=False, l
     for stem, vpath, ipath in pairs:
         out = os.path.join(output_dir, stem + ".png")
         try:
-            fuse_files(fuser, vpath, ipath, out, resize=resize, stretch=stretch)
+            fuse_files(fuser, vpath, ipath, out, resize=resize, stretch=stretch, tile=tile)
             written.append(out)
             log(f"{stem}: {out}")
         except InputError as e:

@@ -2,35 +2,81 @@
 
 Conversions (documented in README): 8-bit and 16-bit integer images are divided by 255 and
 65535; RGB(A) is reduced to its luminance with ITU-R BT.601 weights (0.299, 0.587, 0.114);
-float images (e.g. TIFF) must already lie in [0, 1] and hold no NaN/Inf.
+float images (e.g. TIFF) must already lie in [0, 1] and hold no NaN/Inf; bool images are 0/1.
+Integers wider than 16 bits are rejected (their scale is ambiguous).
+
+Every problem with a file raises :class:`InputError` (one line: file, problem); a file that
+cannot be *written* (read-only or full disk, a path under a regular file) raises its subclass
+:class:`WriteError`. Writes are atomic: a temporary file in the target directory, flushed to
+disk, then renamed over the target, so a reader never sees a partial file.
 """
+import contextlib
+import errno
+import gc
+import logging
 import os
+import struct
 import tempfile
+import warnings
 
 import imageio.v3 as iio
 import numpy as np
 
-from ddcgan_tf.errors import InputError
+from ddcgan_tf.errors import InputError, WriteError  # noqa: F401 (WriteError re-exported)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
+_QUIET_LOGGERS = ("tifffile", "imageio", "PIL")
+
+
+def os_problem(e):
+    """One-line description of an OSError (h5py puts multi-line HDF5 traces in strerror)."""
+    if getattr(e, "errno", None):
+        return os.strerror(e.errno)
+    text = str(e).strip()
+    return text.splitlines()[0][:160] if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def _quiet_readers():
+    """Silences the warnings and log records image readers emit for odd files (a CLI error must
+    be one line; the problem is reported by the exception, or the image is fine)."""
+    loggers = [logging.getLogger(name) for name in _QUIET_LOGGERS]
+    levels = [lg.level for lg in loggers]
+    try:
+        for lg in loggers:
+            lg.setLevel(logging.CRITICAL + 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def to_unit_float(array, where="image"):
     """Integer or float array -> float32 in [0, 1] (no channel handling)."""
-    a = np.asarray(array)
+    try:
+        a = np.asarray(array)
+    except Exception as e:  # ragged nested sequences and the like
+        raise InputError(where, f"not an image array ({type(e).__name__})") from None
     if a.dtype == np.bool_:
         return a.astype(np.float32)
     if np.issubdtype(a.dtype, np.integer):
+        if a.dtype.itemsize > 2:
+            raise InputError(where, f"unsupported pixel type {a.dtype}: expected 8- or 16-bit integers "
+                                    "or floats in [0, 1]")
         if a.size and a.min() < 0:
             raise InputError(where, f"negative pixel values in a {a.dtype} image")
         return (a / float(np.iinfo(a.dtype).max)).astype(np.float32)
     if np.issubdtype(a.dtype, np.floating):
-        if not np.all(np.isfinite(a)):
-            raise InputError(where, "image contains NaN or Inf values")
-        if a.size and (a.min() < 0.0 or a.max() > 1.0):
-            raise InputError(where, f"float image values must lie in [0, 1], got [{a.min():.4g}, {a.max():.4g}]")
-        return a.astype(np.float32)
+        with np.errstate(all="ignore"):
+            if not np.all(np.isfinite(a)):
+                raise InputError(where, "image contains NaN or Inf values")
+            if a.size and (a.min() < 0.0 or a.max() > 1.0):
+                raise InputError(where, f"float image values must lie in [0, 1], "
+                                        f"got [{float(a.min()):.4g}, {float(a.max()):.4g}]")
+            return a.astype(np.float32)
     raise InputError(where, f"unsupported pixel type {a.dtype}")
 
 
@@ -42,18 +88,49 @@ def read_raw(path):
     if os.path.isdir(path):
         raise InputError(path, "is a directory, expected an image file")
     try:
-        a = iio.imread(path)
-    except Exception as e:  # imageio raises many types for corrupt/unknown files
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(path, f"cannot read image ({msg[:120]})") from None
-    a = np.asarray(a)
-    if a.ndim == 3 and a.shape[0] in (1,) and a.shape[-1] not in (1, 3, 4):
-        a = a[0]  # single-page multi-page container
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[-1] not in (1, 2, 3, 4)):
-        raise InputError(path, f"unsupported image layout {a.shape}")
+        size = os.path.getsize(path)
+    except OSError as e:
+        raise InputError(path, f"cannot read ({os_problem(e)})") from None
+    if size == 0:
+        raise InputError(path, "file is empty (0 bytes)")
+    problem = None
+    with _quiet_readers():
+        try:
+            a = np.asarray(iio.imread(path))
+        except Exception as e:  # imageio and its plugins raise many types for corrupt/unknown files
+            problem = _read_problem(e)
+        if problem is not None:
+            # a failed plugin may leave its file object to the garbage collector, whose
+            # ResourceWarning must not escape as a second line on stderr (the young generations
+            # hold it; a full collection costs ~0.2 s with TensorFlow loaded)
+            gc.collect(1)
+    if problem is not None:
+        raise InputError(path, problem)
+    multi_page = a.ndim == 4 or (a.ndim == 3 and a.shape[-1] not in (1, 2, 3, 4))
+    if multi_page and a.shape[0] == 1:
+        a = a[0]  # one page of a multi-page container (1 x H x W or 1 x H x W x C)
+    if a.ndim == 3 and a.shape[-1] not in (1, 2, 3, 4):
+        raise InputError(path, f"unsupported image layout {a.shape} (several pages or frames? "
+                               "expected one H x W grey or H x W x 3 colour image)")
+    if a.ndim not in (2, 3):
+        raise InputError(path, f"unsupported image layout {a.shape} (expected one H x W grey or "
+                               "H x W x 3 colour image)")
     if a.size == 0:
-        raise InputError(path, "image is empty")
+        raise InputError(path, f"image is empty (shape {a.shape})")
     return a
+
+
+def _read_problem(e):
+    """One line for an exception raised by imageio or one of its plugins."""
+    if isinstance(e, MemoryError):
+        return "cannot read image (out of memory: is it huge or corrupt?)"
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    if "Could not find a backend" in first or "cannot identify image file" in first:
+        return "not a readable image (unknown format or corrupt file)"
+    if isinstance(e, struct.error) or ("unpack" in first and "buffer" in first):
+        return "not a readable image (corrupt or truncated header)"
+    return f"cannot read image ({first[:120]})"
 
 
 def read_grey(path):
@@ -99,24 +176,73 @@ def atomic_write(path, write_fn, suffix=""):
     """Calls write_fn(tmp_path) then renames tmp_path to path, so no partial file is left."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise InputError(directory, "output directory does not exist")
-    if not os.access(directory, os.W_OK):
-        raise InputError(directory, "output directory is not writable")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix or os.path.splitext(path)[1])
-    os.close(fd)
+    check_output_dir(directory)
+    if os.path.isdir(path):
+        raise WriteError(path, "is a directory, expected a file name")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix or os.path.splitext(path)[1])
+        os.close(fd)
+    except OSError as e:
+        raise WriteError(path, f"cannot write ({os_problem(e)})") from None
     try:
         write_fn(tmp)
+        _fsync(tmp)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
     except OSError as e:
         _remove_quietly(tmp)
-        raise InputError(path, f"cannot write ({e.strerror or e})") from None
+        raise WriteError(path, f"cannot write ({os_problem(e)})") from None
     except BaseException:
         _remove_quietly(tmp)
         raise
+    _fsync(directory, quiet=True)
+
+
+def check_output_dir(directory, create=False):
+    """WriteError unless `directory` is (or, with create=True, can be made) a writable directory."""
+    directory = os.fspath(directory)
+    if create:
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as e:
+            raise WriteError(directory, f"cannot create directory ({os_problem(e)})") from None
+    if not os.path.isdir(directory):
+        if os.path.exists(directory):
+            raise WriteError(directory, "is not a directory")
+        raise WriteError(directory, "output directory does not exist")
+    if not os.access(directory, os.W_OK):
+        raise WriteError(directory, "output directory is not writable")
+
+
+def probe_writable(directory):
+    """Creates and removes a small file in `directory`: WriteError if that fails (read-only
+    file system, no space or inodes left; also catches what os.access misses when running as root)."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=os.fspath(directory), prefix=".tmp-probe-")
+        try:
+            os.write(fd, b"\0" * 4096)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            _remove_quietly(tmp)
+    except OSError as e:
+        raise WriteError(directory, f"cannot write ({os_problem(e)})") from None
+
+
+def _fsync(path, quiet=False):
+    """Flushes a written file (or a directory entry) to disk, so a rename never publishes a file
+    whose data is still only in the page cache."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        if not quiet and e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
 
 
 def _remove_quietly(path):
@@ -130,16 +256,31 @@ def write_image(path, image, stretch=False):
     """Writes a [0, 1] float grey (H x W) or RGB (H x W x 3) image as 8-bit, atomically."""
     data = to_uint8(image, stretch=stretch)
     ext = os.path.splitext(os.fspath(path))[1].lower() or ".png"
-    atomic_write(path, lambda tmp: iio.imwrite(tmp, data, extension=ext), suffix=ext)
+    if ext not in IMAGE_EXTENSIONS:
+        raise InputError(path, f"unsupported output format {ext!r} (use one of {', '.join(IMAGE_EXTENSIONS)})")
+
+    def write(tmp):
+        try:
+            iio.imwrite(tmp, data, extension=ext)
+        except OSError:
+            raise
+        except Exception as e:  # a plugin failing on the data: report, do not leave a traceback
+            raise WriteError(path, f"cannot encode image ({type(e).__name__}: {str(e)[:100]})") from None
+
+    atomic_write(path, write, suffix=ext)
 
 
 def list_images(directory):
     """Sorted image files in a directory, keyed by file stem; InputError if none."""
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
-        raise InputError(directory, "directory not found")
+        raise InputError(directory, "is not a directory" if os.path.exists(directory) else "directory not found")
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as e:
+        raise InputError(directory, f"cannot list directory ({os_problem(e)})") from None
     out = {}
-    for name in sorted(os.listdir(directory)):
+    for name in names:
         stem, ext = os.path.splitext(name)
         if ext.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
             out.setdefault(stem, os.path.join(directory, name))

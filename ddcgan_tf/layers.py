@@ -34,14 +34,15 @@ class BatchNorm(keras.layers.Layer):
         channels = (int(input_shape[-1]),)
         self.gamma = self.add_weight(shape=channels, initializer="ones", name="gamma")
         self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
+        # identical on every replica (synchronised statistics), so "mean" aggregation is exact
         self.moving_mean = self.add_weight(shape=channels, initializer="zeros", trainable=False,
-                                           name="moving_mean")
+                                           name="moving_mean", aggregation="mean")
         self.moving_variance = self.add_weight(shape=channels, initializer="ones", trainable=False,
-                                               name="moving_variance")
+                                               name="moving_variance", aggregation="mean")
 
     def call(self, x, training=False, update=True):
         if training or self.mode == "batch":
-            mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+            mean, variance = self._moments(x, synchronise=training)
             if training and update:
                 m = self.momentum
                 self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
@@ -49,6 +50,23 @@ class BatchNorm(keras.layers.Layer):
         else:
             mean, variance = self.moving_mean, self.moving_variance
         return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.epsilon)
+
+    @staticmethod
+    def _moments(x, synchronise):
+        """Per-channel mean and (biased) variance; over the global batch when training replicated.
+
+        Under a distribution strategy each replica holds an equal slice of the batch; pooling the
+        slices' means and variances gives the statistics of the whole batch, so a replicated
+        step equals the single-device step (synchronised BN).
+        """
+        ctx = tf.distribute.get_replica_context()
+        if not synchronise or ctx is None or ctx.num_replicas_in_sync == 1:
+            return tf.nn.moments(x, axes=[0, 1, 2])
+        mean, variance = tf.nn.moments(x, axes=[0, 1, 2])
+        global_mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, mean)
+        # pooled variance of equal slices: mean of (slice variance + squared mean offset)
+        variance = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, variance + tf.square(mean - global_mean))
+        return global_mean, variance
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode, "momentum": self.momentum,

@@ -24,6 +24,7 @@ from ddcgan_tf.errors import InputError
 
 FORMAT = "ddcgan_tf.patches/1"
 MISMATCH_RULES = ("skip", "error", "resize")
+RANGE_TOLERANCE = 1e-3  # rounding of computed inputs (e.g. a PET intensity) just outside [0, 1]
 
 
 def downsample_ir(patch, scale):
@@ -38,14 +39,45 @@ def _positions(length, patch, stride):
     return range(0, length - patch + 1, stride)
 
 
+def check_geometry(patch, stride, scale):
+    """InputError naming the flag unless patch, stride and scale are usable together."""
+    for flag, value in (("--patch", patch), ("--stride", stride), ("--scale", scale)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InputError(flag, f"must be a positive integer, got {value!r}")
+    if patch % scale:
+        raise InputError("--patch", f"patch size {patch} is not a multiple of the scale {scale}")
+
+
+def _as_grey(image, label, where):
+    """A 2-D finite float32 array in [0, 1], or InputError naming `where`."""
+    try:
+        a = np.asarray(image)
+    except Exception as e:
+        raise InputError(where, f"{label} image is not an array ({type(e).__name__})") from None
+    if a.ndim != 2:
+        raise InputError(where, f"{label} image must be one grey H x W array, got shape {a.shape}")
+    if not (a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise InputError(where, f"{label} image has unsupported pixel type {a.dtype}")
+    with np.errstate(all="ignore"):
+        f = a.astype(np.float32)
+        if not np.all(np.isfinite(f)):
+            raise InputError(where, f"{label} image contains NaN or Inf values (or values too large "
+                                    "for float32)")
+        if f.size and (f.min() < -RANGE_TOLERANCE or f.max() > 1.0 + RANGE_TOLERANCE):
+            raise InputError(where, f"{label} image values must lie in [0, 1], "
+                                    f"got [{float(f.min()):.4g}, {float(f.max()):.4g}]")
+    return np.clip(f, 0.0, 1.0)
+
+
 def cut_pair(vis, ir, patch=C.PATCH_SIZE, stride=C.STRIDE, scale=C.SCALE, where="pair"):
     """Aligned patches of one registered pair -> (vis (n, P, P), ir (n, P/s, P/s)) float32.
 
-    `ir` either has the visible size (then each patch is downsampled the official way) or is
-    exactly 1/scale of it (then it is cut at the aligned positions).
+    `vis` and `ir` are 2-D arrays with values in [0, 1] (any real dtype). `ir` either has the
+    visible size (then each patch is downsampled the official way) or is exactly 1/scale of it
+    (then it is cut at the aligned positions). Any problem raises InputError.
     """
-    if patch % scale:
-        raise InputError("--patch", f"patch size {patch} is not a multiple of the scale {scale}")
+    check_geometry(patch, stride, scale)
+    vis, ir = _as_grey(vis, "visible", where), _as_grey(ir, "infrared", where)
     h, w = vis.shape
     if h < patch or w < patch:
         raise InputError(where, f"visible image {w}x{h} is smaller than one {patch}x{patch} patch")
@@ -70,10 +102,18 @@ def cut_pair(vis, ir, patch=C.PATCH_SIZE, stride=C.STRIDE, scale=C.SCALE, where=
 
 
 def _vis_storage(paths):
-    """Smallest exact storage type for the visible patches: uint8 for 8-bit sources, etc."""
+    """Smallest exact storage type for the visible patches: uint8 for 8-bit sources, etc.
+
+    Unreadable files are left out here; the main loop reports them.
+    """
     kinds = set()
     for p in paths:
-        kinds.add(images.read_raw(p).dtype)
+        try:
+            raw = images.read_raw(p)
+            images.to_unit_float(raw, p)  # a file with NaN, say, must not decide the storage type
+        except InputError:
+            continue
+        kinds.add(raw.dtype)
     if kinds <= {np.dtype(np.uint8)}:
         return np.uint8, 255.0
     if kinds <= {np.dtype(np.uint8), np.dtype(np.uint16)}:
@@ -89,19 +129,31 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
     in attrs['skipped']), stop with an "error", or "resize" the infrared image to the expected
     size (bicubic). `exclude` lists stems to leave out (e.g. held-out validation scenes).
     read_ir: function path -> grey [0, 1] image for the infrared side (PET intensity, say).
-    Returns a summary dict. The file appears only when complete (written to a temp name first).
+
+    A pair that cannot be used for another reason (unreadable or corrupt file, NaN/Inf, an
+    image smaller than one patch) is reported and left out, and the run goes on: it is listed in
+    summary['failed'] and attrs['failed'] (the CLI then exits non-zero). With
+    on_mismatch="error" the first bad pair of any kind stops the run instead.
+    Returns a summary dict. The file appears only when complete (written to a temp name first);
+    when no patch at all could be cut, InputError and no file.
     """
     if on_mismatch not in MISMATCH_RULES:
         raise InputError("--on_mismatch", f"must be one of {MISMATCH_RULES}, got {on_mismatch!r}")
-    if stride < 1:
-        raise InputError("--stride", f"must be positive, got {stride}")
+    check_geometry(patch, stride, scale)
+    images.check_output_dir(os.path.dirname(os.path.abspath(os.fspath(output))))  # before the slow part
     read_ir = read_ir or images.read_grey
     pairs = [p for p in images.pair_by_name(vis_dir, ir_dir) if p[0] not in set(exclude)]
     if not pairs:
         raise InputError(vis_dir, "no image pairs left after --exclude")
     vis_dtype, vis_max = _vis_storage([v for _, v, _ in pairs])
     q = patch // scale
-    sources, skipped = [], []
+    sources, skipped, failed = [], [], []
+
+    def fail(stem, error):
+        if on_mismatch == "error" or error.where.startswith("--"):
+            raise error  # strict mode, or a flag that no pair can satisfy
+        failed.append({"name": stem, "reason": str(error)})
+        log(f"FAILED {stem}: {error}")
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
@@ -110,20 +162,15 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
             di = f.create_dataset("ir", (0, q, q, 1), maxshape=(None, q, q, 1), dtype=np.float32,
                                   chunks=(64, q, q, 1))
             for stem, vpath, ipath in pairs:
-                vis, ir = images.read_grey(vpath), read_ir(ipath)
+                where = f"{vpath} / {ipath}"
                 try:
-                    vp, ip = cut_pair(vis, ir, patch, stride, scale, where=f"{vpath} / {ipath}")
+                    vis, ir = images.read_grey(vpath), read_ir(ipath)
+                    vp, ip = _cut(vis, ir, patch, stride, scale, where, stem, on_mismatch, skipped, log)
                 except InputError as e:
-                    if on_mismatch == "error" or not _is_size_problem(vis, ir, scale):
-                        raise
-                    if on_mismatch == "skip":
-                        skipped.append({"name": stem, "reason": e.problem})
-                        log(f"skipping {stem}: {e.problem}")
-                        continue
-                    target = vis.shape if ir.shape[0] > vis.shape[0] // scale + 1 else (
-                        vis.shape[0] // scale, vis.shape[1] // scale)
-                    ir = _resize(ir, target)
-                    vp, ip = cut_pair(vis, ir, patch, stride, scale, where=f"{vpath} / {ipath}")
+                    fail(stem, e)
+                    continue
+                if vp is None:
+                    continue
                 n0, n = dv.shape[0], len(vp)
                 dv.resize(n0 + n, axis=0)
                 di.resize(n0 + n, axis=0)
@@ -133,18 +180,41 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
                                 "patches": n})
                 log(f"{stem}: {n} patches")
             if dv.shape[0] == 0:
-                raise InputError(vis_dir, "no patches were cut (every pair was skipped or too small)")
+                if failed:
+                    first = failed[0]["reason"]
+                else:
+                    first = f"{skipped[0]['name']}: {skipped[0]['reason']}" if skipped else "no pairs"
+                raise InputError(vis_dir, f"no patches were cut ({len(failed)} pair(s) failed, "
+                                          f"{len(skipped)} skipped; first: {first})")
             dv.attrs["max_value"] = vis_max
             di.attrs["max_value"] = 1.0
             f.attrs.update(format=FORMAT, patch=patch, stride=stride, scale=scale, mode=mode,
                            sources=json.dumps(sources), skipped=json.dumps(skipped),
+                           failed=json.dumps(failed),
                            value_range="[0, 1] after dividing by each dataset's max_value",
                            ir_downsampling="scipy.ndimage.zoom(patch, 1/scale), order 3, clipped")
             count[0] = dv.shape[0]
 
     count = [0]
     images.atomic_write(output, write, suffix=".h5")
-    return {"output": os.fspath(output), "patches": count[0], "pairs": len(sources), "skipped": skipped}
+    return {"output": os.fspath(output), "patches": count[0], "pairs": len(sources), "skipped": skipped,
+            "failed": failed}
+
+
+def _cut(vis, ir, patch, stride, scale, where, stem, on_mismatch, skipped, log):
+    """cut_pair with the on_mismatch rule; (None, None) for a skipped pair."""
+    try:
+        return cut_pair(vis, ir, patch, stride, scale, where=where)
+    except InputError as e:
+        if on_mismatch == "error" or not _is_size_problem(vis, ir, scale):
+            raise
+        if on_mismatch == "skip":
+            skipped.append({"name": stem, "reason": e.problem})
+            log(f"skipping {stem}: {e.problem}")
+            return None, None
+        target = vis.shape if ir.shape[0] > vis.shape[0] // scale + 1 else (
+            vis.shape[0] // scale, vis.shape[1] // scale)
+        return cut_pair(vis, _resize(ir, target), patch, stride, scale, where=where)
 
 
 def _is_size_problem(vis, ir, scale):

@@ -2,21 +2,32 @@
 import json
 import math
 import os
+import sys
 import time
 
 import keras
+import tensorflow as tf
 
 from ddcgan_tf import callbacks as cb
 from ddcgan_tf import config as C
-from ddcgan_tf.checkpoint import CheckpointManager, latest_checkpoint, read_configs
+from ddcgan_tf.checkpoint import CheckpointManager, latest_checkpoint
 from ddcgan_tf.data import make_dataset
 from ddcgan_tf.ddcgan import DDcGAN
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.images import atomic_write
+from ddcgan_tf.images import atomic_write, check_output_dir, probe_writable
+
+SCALES = (1, 2, 4, 8)
 
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def _check_positive(flag, value, allow_none=False):
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(flag, f"must be a positive integer, got {value!r}")
 
 
 def build_model(scale=C.SCALE, patch_size=C.PATCH_SIZE, official_decoder=True, bn_mode="batch",
@@ -27,71 +38,130 @@ def build_model(scale=C.SCALE, patch_size=C.PATCH_SIZE, official_decoder=True, b
     return model
 
 
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+
+def make_strategy(name="default"):
+    """tf.distribute strategy by name: default (one device), mirrored (all local GPUs, or the
+    CPU), multiworker (MultiWorkerMirroredStrategy; the cluster comes from TF_CONFIG)."""
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multiworker":
+        if "TF_CONFIG" not in os.environ:
+            raise InputError("--strategy", "multiworker needs TF_CONFIG describing the cluster")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise InputError("--strategy", f"must be one of {', '.join(STRATEGIES)}, got {name!r}")
+
+
+def is_chief():
+    """True unless TF_CONFIG names this process a non-chief worker (only the chief writes)."""
+    cluster = json.loads(os.environ.get("TF_CONFIG", "{}"))
+    task = cluster.get("task", {})
+    kind, index = task.get("type", "chief"), int(task.get("index", 0))
+    has_chief = "chief" in cluster.get("cluster", {})
+    return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
+
+
 def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset="official",
           overrides=None, scale=C.SCALE, official_decoder=True, bn_mode="batch",
           checkpoint_every=100, keep=3, jit_compile=False, seed=None, tensorboard=True,
-          verbose=1, sample_every=100):
+          verbose=1, sample_every=100, strategy="default"):
     """Trains (or resumes) a DDcGAN on an HDF5 patch set; returns the model.
 
     A model_dir that already holds checkpoints is resumed: the newest checkpoint restores the
     weights, optimizer slots and schedule counters, and its stored configuration is used (a
     different --preset or model option is an error, so two runs never mix silently).
     Training stops after `steps` batches in all (across resumes), or after `epochs` passes.
+
+    Faults: bad data or flags raise InputError; a model_dir that cannot be written (read-only,
+    full, a path under a regular file) raises `ddcgan_tf.images.WriteError` (an InputError) before
+    training starts or, when a checkpoint/log write fails later, as soon as it fails (the previous
+    checkpoints stay intact); a NaN/Inf loss raises TrainingDiverged, keeping the last good
+    checkpoint. A run killed at any moment resumes from its newest complete checkpoint; the
+    step log is trimmed to that checkpoint so each step appears once.
+
+    strategy: "mirrored" / "multiworker" train replicated (batch_size is the global batch; the
+    losses are averaged over it and every replica takes the same schedule decisions). With
+    multiworker only the chief writes checkpoints and logs.
     """
-    os.makedirs(model_dir, exist_ok=True)
-    if not os.access(model_dir, os.W_OK):
-        raise InputError(model_dir, "model directory is not writable")
+    model_dir = os.fspath(model_dir)
+    _check_positive("--steps", steps, allow_none=True)
+    _check_positive("--epochs", epochs)
+    _check_positive("--checkpoint_every", checkpoint_every)
+    _check_positive("--keep", keep)
+    _check_positive("--sample_every", sample_every)
+    if scale not in SCALES:
+        raise InputError("--scale", f"must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
+    check_output_dir(model_dir, create=True)
+    probe_writable(model_dir)
     if seed is not None:
         keras.utils.set_random_seed(seed)
     dataset, patches = make_dataset(data, batch_size=batch_size, scale=scale, seed=seed)
     steps_per_epoch = len(patches) // batch_size
-    manager = CheckpointManager(model_dir, keep=keep)
-    cfg = C.get_preset(preset, scale, **(overrides or {}))
+    log = print if verbose else (lambda *_: None)
+    manager = CheckpointManager(model_dir, keep=keep, log=lambda msg: print(msg, file=sys.stderr))
+    try:
+        cfg = C.get_preset(preset, scale, **(overrides or {}))
+    except (TypeError, ValueError, KeyError) as e:
+        raise InputError("--preset", f"bad preset or override ({e})") from None
     model_options = dict(scale=scale, patch_size=patches.patch, official_decoder=official_decoder,
                          bn_mode=bn_mode)
-    latest = latest_checkpoint(model_dir)
+    latest, stored_model, stored_train = manager.latest_readable()
     if latest:
-        stored_model, stored_train = read_configs(latest)
         mismatch = {k: (stored_model.get(k), v) for k, v in model_options.items()
                     if stored_model.get(k) != v}
         if mismatch or (stored_train and stored_train != cfg.to_dict()):
             raise InputError(model_dir, f"holds a run with other settings "
                                         f"({mismatch or 'training preset/overrides differ'}); "
                                         f"use a new --model_dir")
-    model = build_model(train_config=cfg, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
-                        **model_options)
+    distribution = make_strategy(strategy)
+    with distribution.scope():
+        model = build_model(train_config=cfg, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
+                            **model_options)
     restored = manager.restore_latest(model)
     done = int(model.batch_count.numpy())
     total = int(steps) if steps else epochs * steps_per_epoch
-    if verbose:
-        print(f"{'resumed from ' + restored if restored else 'new run'}: {done} of {total} batches done; "
-              f"{len(patches)} patches, {steps_per_epoch} batches per epoch")
+    log(f"{'resumed from ' + restored if restored else 'new run'}: {done} of {total} batches done; "
+        f"{len(patches)} patches, {steps_per_epoch} batches per epoch")
     _write_json(os.path.join(model_dir, "config.json"),
                 {"model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
                  "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch})
+    step_log = os.path.join(model_dir, "steps.jsonl")
+    cb.trim_step_log(step_log, done, _write_text)  # a killed run may have logged past its checkpoint
     if done >= total:
         return model
     guard = cb.NaNGuard()
-    callbacks = [cb.StopAtStep(total), guard, cb.Checkpoint(manager, checkpoint_every),
-                 cb.StepLog(os.path.join(model_dir, "steps.jsonl"))]
-    if tensorboard:
+    # StepLog before Checkpoint: a saved step is always logged already
+    callbacks = [cb.StopAtStep(total), guard]
+    chief = is_chief()
+    if chief:
+        callbacks += [cb.StepLog(step_log), cb.Checkpoint(manager, checkpoint_every)]
+    if tensorboard and chief:
+        log_dir = os.path.join(model_dir, "logs")
+        check_output_dir(log_dir, create=True)
         vis, ir = next(iter(dataset.take(1)))
-        callbacks.append(cb.SampleImages(os.path.join(model_dir, "logs"), vis[:3], ir[:3], sample_every))
+        callbacks.append(cb.SampleImages(log_dir, vis[:3], ir[:3], sample_every))
     start = time.time()
     model.fit(dataset, epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch,
               steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
     if guard.bad:
         step, keys = guard.bad
-        raise TrainingDiverged(f"non-finite {', '.join(keys)} at batch {step}; training stopped, "
-                               f"last good checkpoint kept in {model_dir}")
-    if verbose:
-        print(f"trained {int(model.batch_count.numpy()) - done} batches in {time.time() - start:.1f} s")
+        good = latest_checkpoint(model_dir)
+        kept = f"last good checkpoint kept: {good}" if good else f"no checkpoint saved yet in {model_dir}"
+        raise TrainingDiverged(f"non-finite {', '.join(keys)} at batch {step}; training stopped, {kept}")
+    log(f"trained {int(model.batch_count.numpy()) - done} batches in {time.time() - start:.1f} s")
     return model
 
 
 def _write_json(path, obj):
+    _write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _write_text(path, text):
     def write(tmp):
         with open(tmp, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write(text)
 
-    atomic_write(path, write, suffix=".json")
+    atomic_write(path, write, suffix=os.path.splitext(path)[1])

@@ -131,3 +131,12 @@ def test_cli_missing_partner_and_unreadable_file(dirs):
     err = res.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in res.stderr
     assert "pair_a.png" in err
+
+
+def test_cli_continues_past_a_bad_triple_and_exits_2(dirs):
+    with open(os.path.join(dirs["ir"], "pair_a.png"), "wb") as fh:
+        fh.write(b"not a png")
+    res = run_cli(*dir_args(dirs), "--format", "csv")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "pair_b" in res.stdout and "pair_a" not in res.stdout  # the good triple is scored
+    assert "pair_a.png" in res.stderr

@@ -9,7 +9,7 @@ import pytest
 
 from ddcgan_tf.checkpoint import load_generator, save_generator
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.fuse import Fuser, fit_sizes
+from ddcgan_tf.fuse import Fuser, fit_sizes, fuse_files
 from ddcgan_tf.generator import Generator
 
 from conftest import REPO, synthetic_pair, write_pairs
@@ -101,3 +101,12 @@ def test_fuse_errors_are_one_line_and_leave_no_output(tmp_path, generator_file, 
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and str(bad) in lines[0] and "Traceback" not in r.stderr
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
+
+
+def test_tiled_file_fusion_matches_whole_image_fusion(generator_file, tmp_path):
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a",), size=(96, 128), ir_scale=4)
+    fuser = Fuser(load_generator(generator_file, bn_mode="moving"))
+    whole = fuse_files(fuser, f"{vis_dir}/a.png", f"{ir_dir}/a.png", str(tmp_path / "whole.png"))
+    tiled = fuse_files(fuser, f"{vis_dir}/a.png", f"{ir_dir}/a.png", str(tmp_path / "tiled.png"), tile=64)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    np.testing.assert_array_equal(iio.imread(tmp_path / "whole.png"), iio.imread(tmp_path / "tiled.png"))

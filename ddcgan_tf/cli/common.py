@@ -1,5 +1,6 @@
 """Shared plumbing for the absl CLIs: InputError -> one line on stderr, exit status 2."""
 import os
+import re
 import sys
 
 from absl import app
@@ -29,24 +30,34 @@ def import_tensorflow_quietly():
         os.close(devnull)
 
 
+def one_line(text):
+    """Collapses a message to one line (file names and library messages may hold newlines)."""
+    return re.sub(r"\s*[\r\n]+\s*", " ", str(text)).strip()
+
+
+def error_exit(prog, message, status=EXIT_BAD_INPUT):
+    """Prints `PROG: error: MESSAGE` as one line on stderr and exits with `status`."""
+    sys.stdout.flush()
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+    sys.stderr.flush()
+    sys.exit(status)
+
+
 def run_main(main, prog, needs_tensorflow=True):
-    """Runs an absl `main`, turning InputError (and a few OS errors) into a one-line error."""
+    """Runs an absl `main`, turning InputError (WriteError included) and OS errors (missing
+    files, permissions, full or read-only disks) into a one-line error and exit status 2."""
 
     def guarded(argv):
         try:
             return main(argv)
         except InputError as e:
-            print(f"{prog}: error: {e}", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
-        except (PermissionError, IsADirectoryError, FileNotFoundError) as e:
-            where = e.filename or "?"
-            print(f"{prog}: error: {where}: {e.strerror}", file=sys.stderr)
-            sys.exit(EXIT_BAD_INPUT)
+            error_exit(prog, e)
         except OSError as e:
-            if e.errno is not None and e.errno in (28, 30):  # ENOSPC, EROFS
-                print(f"{prog}: error: {e.filename or '?'}: {e.strerror}", file=sys.stderr)
-                sys.exit(EXIT_BAD_INPUT)
-            raise
+            if e.errno is None and not e.filename:
+                raise  # not an operating-system condition: keep the traceback
+            where = e.filename or "?"
+            problem = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
+            error_exit(prog, f"{where}: {problem}")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if needs_tensorflow:

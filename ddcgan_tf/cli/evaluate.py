@@ -14,6 +14,7 @@ import csv
 import json
 import math
 import os
+import sys
 
 from absl import flags
 
@@ -48,14 +49,15 @@ _define("string", "convention", metrics.DEFAULT_CONVENTION,
 _define("string", "output", None, "Also write the table to this file.")
 
 
-def evaluate_dirs(fused_dir, vis_dir, ir_dir, convention=metrics.DEFAULT_CONVENTION):
+def evaluate_dirs(fused_dir, vis_dir, ir_dir, convention=metrics.DEFAULT_CONVENTION, failures=None):
     """Metrics for every fused image -> (rows, mean).
 
     rows: list of dicts {"name": stem, <metric>: value, ...} in stem order, metrics as
     metrics.METRIC_NAMES, plus "PSNR_lr"/"SSIM_lr" (nan for pairs whose sources are full size)
     when any pair has a source smaller than the fused image. mean: dict of the means over pairs
     (nan entries ignored), with "name": "mean". Raises InputError for missing partners,
-    unreadable files or sources larger than the fused image.
+    unreadable files or sources larger than the fused image; with a `failures` list, a bad
+    triple is appended to it as (name, message) and skipped instead.
     """
     if convention not in metrics.CONVENTIONS:
         raise InputError("--convention", f"must be one of {', '.join(metrics.CONVENTIONS)}, got {convention!r}")
@@ -65,11 +67,13 @@ def evaluate_dirs(fused_dir, vis_dir, ir_dir, convention=metrics.DEFAULT_CONVENT
     any_lowres = False
     for stem, fused_path, vis_path in with_vis:
         ir_path = with_ir[stem]
-        fused, vis, ir = read_grey(fused_path), read_grey(vis_path), read_grey(ir_path)
-        for path, src in ((vis_path, vis), (ir_path, ir)):
-            if src.shape[0] > fused.shape[0] or src.shape[1] > fused.shape[1]:
-                raise InputError(path, f"is {src.shape[0]}x{src.shape[1]}, larger than the fused image "
-                                       f"{fused_path} ({fused.shape[0]}x{fused.shape[1]})")
+        try:
+            fused, vis, ir = _read_triple(fused_path, vis_path, ir_path)
+        except InputError as e:
+            if failures is None:
+                raise
+            failures.append((stem, str(e)))
+            continue
         row = {"name": stem}
         row.update(metrics.evaluate_triple(fused, vis, ir, convention))
         lowres = ir if ir.shape != fused.shape else (vis if vis.shape != fused.shape else None)
@@ -77,6 +81,10 @@ def evaluate_dirs(fused_dir, vis_dir, ir_dir, convention=metrics.DEFAULT_CONVENT
             any_lowres = True
             row["_lowres"] = metrics.lowres_fidelity(fused, lowres)
         rows.append(row)
+    if not rows:
+        if failures:
+            raise InputError(*failures[0][1].split(": ", 1))
+        raise InputError(fused_dir, "no triple could be evaluated")
     names = list(metrics.METRIC_NAMES) + (list(metrics.LOWRES_NAMES) if any_lowres else [])
     out = []
     for row in rows:
@@ -90,6 +98,15 @@ def evaluate_dirs(fused_dir, vis_dir, ir_dir, convention=metrics.DEFAULT_CONVENT
         vals = [r[k] for r in out if not math.isnan(r[k])]
         mean[k] = math.fsum(vals) / len(vals) if vals else float("nan")
     return out, mean
+
+
+def _read_triple(fused_path, vis_path, ir_path):
+    fused, vis, ir = read_grey(fused_path), read_grey(vis_path), read_grey(ir_path)
+    for path, src in ((vis_path, vis), (ir_path, ir)):
+        if src.shape[0] > fused.shape[0] or src.shape[1] > fused.shape[1]:
+            raise InputError(path, f"is {src.shape[0]}x{src.shape[1]}, larger than the fused image "
+                                   f"{fused_path} ({fused.shape[0]}x{fused.shape[1]})")
+    return fused, vis, ir
 
 
 def header_line(convention, n_pairs, n_upsampled):
@@ -156,7 +173,8 @@ def main(argv):
         raise InputError("--format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
     if convention not in metrics.CONVENTIONS:
         raise InputError("--convention", f"must be one of {', '.join(metrics.CONVENTIONS)}, got {convention!r}")
-    rows, mean = evaluate_dirs(FLAGS.fused_dir, FLAGS.vis_dir, FLAGS.ir_dir, convention)
+    failures = []
+    rows, mean = evaluate_dirs(FLAGS.fused_dir, FLAGS.vis_dir, FLAGS.ir_dir, convention, failures)
     n_up = sum(1 for r in rows if "PSNR_lr" in r and not math.isnan(r["PSNR_lr"]))
     text = format_table(rows, mean, fmt, header_line(convention, len(rows), n_up))
     if FLAGS.output:
@@ -165,6 +183,11 @@ def main(argv):
                 fh.write(text)
         atomic_write(os.path.abspath(FLAGS.output), write)
     print(text, end="")
+    if failures:
+        print(f"{PROG}: error: {len(failures)} triple(s) could not be evaluated:", file=sys.stderr)
+        for _, message in failures:
+            print(f"  {message}", file=sys.stderr)
+        sys.exit(2)
     return 0
 
 

@@ -24,6 +24,8 @@ flags.DEFINE_boolean("resize", False, "Make sizes fit: crop the visible image to
                      "downsample/resample the infrared image to 1/4 of it.")
 flags.DEFINE_boolean("stretch", False, "Min-max stretch the output as the official code's imsave does.")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the generator.")
+flags.DEFINE_integer("tile", None, "Fuse in overlapping tiles of this side (multiple of 4, e.g. 512) so "
+                     "memory is bounded by the tile, not the image; exact (see ddcgan_tf/tiling.py).")
 flags.DEFINE_boolean("demo", False, "Fuse a built-in synthetic scene with the shipped weights and write "
                      "a side-by-side PNG and the metric table into --output_dir (default demo_output).")
 
@@ -54,11 +56,12 @@ def main(argv):
     checkpoint = FLAGS.checkpoint or default_checkpoint("vis-ir")
     fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode), jit_compile=FLAGS.jit_compile)
     if single:
-        fuse_files(fuser, FLAGS.vis, FLAGS.ir, FLAGS.output, resize=FLAGS.resize, stretch=FLAGS.stretch)
+        fuse_files(fuser, FLAGS.vis, FLAGS.ir, FLAGS.output, resize=FLAGS.resize, stretch=FLAGS.stretch,
+                   tile=FLAGS.tile)
         print(f"wrote {FLAGS.output}")
         return
     written, failed = fuse_dirs(fuser, FLAGS.vis_dir, FLAGS.ir_dir, FLAGS.output_dir,
-                                resize=FLAGS.resize, stretch=FLAGS.stretch)
+                                resize=FLAGS.resize, stretch=FLAGS.stretch, tile=FLAGS.tile)
     print(f"fused {len(written)} pairs into {FLAGS.output_dir}")
     if failed:
         print(f"ddcgan-fuse: error: {len(failed)} pair(s) failed:", file=sys.stderr)

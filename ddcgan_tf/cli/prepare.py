@@ -1,8 +1,15 @@
-"""ddcgan-prepare: folders of image pairs -> HDF5 patch set (see ddcgan_tf.patches)."""
+"""ddcgan-prepare: folders of image pairs -> HDF5 patch set (see ddcgan_tf.patches).
+
+A pair that cannot be read (or holds NaN/Inf, or is smaller than one patch) is reported and
+left out; the set is written from the others, the failures are listed at the end and the exit
+status is 2. Size mismatches follow --on_mismatch (default: skipped and listed, exit 0).
+"""
+import sys
+
 from absl import flags
 
 from ddcgan_tf import config as C
-from ddcgan_tf.cli.common import run_main
+from ddcgan_tf.cli.common import EXIT_BAD_INPUT, one_line, run_main
 from ddcgan_tf.patches import MISMATCH_RULES, build_patch_set
 
 FLAGS = flags.FLAGS
@@ -32,6 +39,13 @@ def main(argv):
     print(f"wrote {summary['patches']} patches from {summary['pairs']} pairs to {summary['output']}"
           + (f"; skipped {len(summary['skipped'])}: " + ", ".join(s["name"] for s in summary["skipped"])
              if summary["skipped"] else ""))
+    failed = summary.get("failed") or []
+    if failed:
+        sys.stdout.flush()
+        print(f"ddcgan-prepare: error: {len(failed)} pair(s) failed and were left out:", file=sys.stderr)
+        for item in failed:
+            print(f"  {one_line(item['reason'])}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
 
 
 def run():

@@ -1,10 +1,14 @@
-"""ddcgan-train: train or resume a DDcGAN on an HDF5 patch set."""
-import sys
+"""ddcgan-train: train or resume a DDcGAN on an HDF5 patch set.
 
+Exit status: 0 done; 2 bad input or an output that cannot be written (one line on stderr);
+3 a loss became NaN/Inf (one line; the last good checkpoint is kept).
+"""
 from absl import flags
 
 from ddcgan_tf import config as C
-from ddcgan_tf.cli.common import run_main
+from ddcgan_tf.cli.common import error_exit, run_main
+
+EXIT_DIVERGED = 3
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "HDF5 patch set (ddcgan-prepare output or the official Training_Dataset.h5).")
@@ -30,6 +34,9 @@ flags.DEFINE_integer("keep", 3, "Checkpoints to keep.")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step (about 1.4x faster on CPU).")
 flags.DEFINE_integer("seed", None, "Random seed.")
 flags.DEFINE_boolean("tensorboard", True, "Write TensorBoard scalars and sample images to MODEL_DIR/logs.")
+flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
+                  "Distribution: one device, all local devices (MirroredStrategy), or a cluster "
+                  "described by TF_CONFIG (MultiWorkerMirroredStrategy).")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 flags.mark_flags_as_required(["data", "model_dir"])
 
@@ -49,10 +56,10 @@ def main(argv):
               batch_size=FLAGS.batch_size, preset=FLAGS.preset, overrides=overrides,
               scale=FLAGS.scale, official_decoder=FLAGS.official_decoder, bn_mode=FLAGS.bn_mode,
               checkpoint_every=FLAGS.checkpoint_every, keep=FLAGS.keep, jit_compile=FLAGS.jit_compile,
-              seed=FLAGS.seed, tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose)
+              seed=FLAGS.seed, tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose,
+              strategy=FLAGS.strategy)
     except TrainingDiverged as e:
-        print(f"ddcgan-train: error: {e}", file=sys.stderr)
-        sys.exit(3)
+        error_exit("ddcgan-train", e, EXIT_DIVERGED)
 
 
 def run():

@@ -1,0 +1,156 @@
+"""SavedModel export of a generator, for TensorFlow Serving or any `tf.saved_model.load` user.
+
+The SavedModel (written with Keras 3's `keras.export.ExportArchive`) has two signatures,
+`serve` and `serving_default` (the same function):
+
+  inputs   vis  float32 [N, H, W, 1]          visible image(s) in [0, 1]
+           ir   float32 [N, H/s, W/s, 1]      infrared image(s) in [0, 1], s = the scale (4)
+  output   fused  float32 [N, H, W, 1]        fused image(s) in [0, 1]   (output key "fused")
+
+N, H and W are free (any size whose H and W are multiples of s); a size mismatch fails with an
+InvalidArgumentError that says what the shapes must be. Loading it needs TensorFlow only, not
+ddcgan_tf:
+
+    m = tf.saved_model.load(DIR)
+    fused = m.signatures["serving_default"](vis=v, ir=i)["fused"]
+
+BN statistics are baked in as the generator's `bn_mode` when exporting (see
+`export_saved_model`): "batch" normalises every image with its own statistics (each image of a
+request batch separately, exactly as `Fuser` fuses one image), "moving" uses the stored moving
+averages (a fixed function; request images are independent anyway).
+
+The generator config is stored twice: as the variable collection `ddcgan_config` (one string
+variable holding JSON: `json.loads(m.ddcgan_config[0].numpy())`) and as the plain file
+`assets.extra/ddcgan_config.json` (readable without TensorFlow), e.g.
+{"scale": 4, "official_decoder": true, "bn_mode": "batch", "format": "ddcgan_tf.saved_model/1",
+"signature": {...}}.
+"""
+import json
+import os
+import shutil
+import tempfile
+
+import tensorflow as tf
+
+from ddcgan_tf.errors import InputError
+
+CONFIG_NAME = "ddcgan_config"
+CONFIG_FILE = os.path.join("assets.extra", CONFIG_NAME + ".json")
+OUTPUT_KEY = "fused"
+SIGNATURES = ("serve", "serving_default")
+FORMAT = "ddcgan_tf.saved_model/1"
+
+
+def generator_config(generator):
+    """The config stored with an export: what rebuilds the network and how it normalises."""
+    return {"scale": int(generator.scale), "official_decoder": bool(generator.official_decoder),
+            "bn_mode": str(generator.bn_mode), "format": FORMAT,
+            "signature": {"inputs": {"vis": "float32 [N, H, W, 1] in [0, 1]",
+                                     "ir": f"float32 [N, H/{int(generator.scale)}, W/{int(generator.scale)}, 1] in [0, 1]"},
+                          "outputs": {OUTPUT_KEY: "float32 [N, H, W, 1] in [0, 1]"}}}
+
+
+def serving_function(generator):
+    """fn(vis, ir) -> {"fused": ...}: the exported computation (plain Python, not traced)."""
+    scale = int(generator.scale)
+
+    def one(vis, ir):
+        return generator((vis, ir), training=False)
+
+    def serve(vis, ir):
+        vshape, ishape = tf.shape(vis), tf.shape(ir)
+        checks = [
+            tf.debugging.assert_equal(
+                vshape[0], ishape[0], message="vis and ir must hold the same number of images"),
+            tf.debugging.assert_equal(
+                vshape[1:3] % scale, tf.zeros([2], tf.int32),
+                message=f"vis height and width must be multiples of {scale}"),
+            tf.debugging.assert_equal(
+                vshape[1:3], ishape[1:3] * scale,
+                message=f"ir must be 1/{scale} of the vis height and width"),
+        ]
+        with tf.control_dependencies(checks):
+            vis, ir = tf.identity(vis), tf.identity(ir)
+        if generator.bn_mode == "batch":
+            # Per-image statistics, as Fuser: images of one request must not share BN moments.
+            fused = tf.map_fn(lambda pair: one(pair[0][None], pair[1][None])[0], (vis, ir),
+                              fn_output_signature=tf.TensorSpec((None, None, 1), tf.float32))
+        else:
+            fused = one(vis, ir)
+        return {OUTPUT_KEY: fused}
+
+    return serve
+
+
+def export_saved_model(generator, output_dir, overwrite=False):
+    """Writes `generator` as a SavedModel directory at `output_dir` (see the module docstring).
+
+    The BN mode baked into the export is `generator.bn_mode` at export time: "batch" (per-image
+    statistics, the official way of fusing and the default of `load_generator`) or "moving"
+    (the stored moving averages); choose it with `load_generator(path, bn_mode=...)`. The mode
+    is recorded in the stored config.
+
+    Written atomically: the export goes to a temporary sibling directory that is renamed into
+    place once complete. An existing `output_dir` raises InputError unless `overwrite=True`; it
+    is then moved aside, replaced and deleted (a crash in between leaves it as a `.tmp-old-*`
+    sibling, never a half-written export at `output_dir`). Returns the generator config dict.
+    """
+    import keras
+
+    output_dir = os.path.abspath(os.fspath(output_dir))
+    parent = os.path.dirname(output_dir)
+    if not os.path.isdir(parent):
+        raise InputError(parent, "output directory does not exist")
+    if not os.access(parent, os.W_OK):
+        raise InputError(parent, "output directory is not writable")
+    if os.path.lexists(output_dir) and not overwrite:
+        raise InputError(output_dir, "already exists (pass --overwrite / overwrite=True to replace it)")
+    if not generator.built:
+        generator.build()
+    config = generator_config(generator)
+    spec = lambda name: tf.TensorSpec((None, None, None, 1), tf.float32, name=name)
+
+    archive = keras.export.ExportArchive()
+    archive.track(generator)
+    archive.add_endpoint(name="serve", fn=serving_function(generator),
+                         input_signature=[spec("vis"), spec("ir")])
+    archive.add_variable_collection(
+        CONFIG_NAME, [tf.Variable(json.dumps(config), trainable=False, name=CONFIG_NAME)])
+
+    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-export-")
+    old = moved = None
+    try:
+        archive.write_out(tmp, verbose=False)  # serve + serving_default (= the first endpoint)
+        os.makedirs(os.path.join(tmp, os.path.dirname(CONFIG_FILE)), exist_ok=True)
+        with open(os.path.join(tmp, CONFIG_FILE), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700
+        if os.path.lexists(output_dir):
+            old = tempfile.mkdtemp(dir=parent, prefix=".tmp-old-")
+            moved = os.path.join(old, "previous")
+            os.rename(output_dir, moved)
+        os.rename(tmp, output_dir)
+    except BaseException as e:
+        if moved is not None and os.path.lexists(moved) and not os.path.lexists(output_dir):
+            os.rename(moved, output_dir)  # put the previous export back
+        if old is not None and not os.path.lexists(moved):
+            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise InputError(output_dir, f"cannot write ({e.strerror or e})") from None
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return config
+
+
+def read_config(saved_model_dir):
+    """The generator config of an export (from assets.extra, without loading the graph)."""
+    path = os.path.join(os.fspath(saved_model_dir), CONFIG_FILE)
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"not a ddcgan_tf SavedModel export ({type(e).__name__})") from None

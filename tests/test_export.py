@@ -1,0 +1,182 @@
+"""SavedModel export: ddcgan-export CLI -> tf.saved_model.load in a process without ddcgan_tf."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from ddcgan_tf.checkpoint import load_generator, save_generator
+from ddcgan_tf.errors import InputError
+from ddcgan_tf.export import CONFIG_FILE, export_saved_model, read_config
+from ddcgan_tf.generator import Generator
+
+from conftest import REPO, synthetic_pair
+
+SIZES = ((64, 96), (40, 28))
+
+# Runs in a fresh interpreter: loads the SavedModel with TensorFlow alone and fuses the pairs.
+LOADER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import tensorflow as tf
+    assert "ddcgan_tf" not in sys.modules
+    model = tf.saved_model.load(sys.argv[1])
+    fn = model.signatures["serving_default"]
+    pairs = np.load(sys.argv[2])
+    out = {}
+    for k in range(len(pairs.files) // 2):
+        res = fn(vis=tf.constant(pairs[f"vis{k}"]), ir=tf.constant(pairs[f"ir{k}"]))
+        out[f"fused{k}"] = res["fused"].numpy()
+    out["serve_equals_default"] = np.array(all(
+        np.array_equal(model.signatures["serve"](vis=tf.constant(pairs[f"vis{k}"]),
+                                                 ir=tf.constant(pairs[f"ir{k}"]))["fused"].numpy(),
+                       out[f"fused{k}"]) for k in range(len(pairs.files) // 2)))
+    out["config"] = np.array(model.ddcgan_config[0].numpy().decode())
+    out["imported"] = np.array(sorted(m for m in sys.modules if m.startswith("ddcgan")))
+    np.savez(sys.argv[3], **out)
+""")
+
+
+def env():
+    return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+
+
+def export_cli(*args):
+    return subprocess.run([sys.executable, "-m", "ddcgan_tf.cli.export", *args], capture_output=True,
+                          text=True, env=env(), timeout=600)
+
+
+@pytest.fixture(scope="module")
+def generator_file(tmp_path_factory):
+    g = Generator()
+    g.build()
+    path = str(tmp_path_factory.mktemp("gen") / "generator.h5")
+    save_generator(g, path)
+    return path
+
+
+def pairs_for(sizes, batch=1):
+    """{vis<k>: (batch, h, w, 1), ir<k>: (batch, h/4, w/4, 1)} from the synthetic scene."""
+    arrays = {}
+    for k, (h, w) in enumerate(sizes):
+        vis, ir = zip(*(synthetic_pair(h, w, seed=k + b) for b in range(batch)))
+        arrays[f"vis{k}"] = np.stack(vis)[..., None].astype(np.float32)
+        arrays[f"ir{k}"] = np.stack([i[::4, ::4] for i in ir])[..., None].astype(np.float32)
+    return arrays
+
+
+def load_elsewhere(saved_model, arrays, tmp_path):
+    """Runs LOADER in a fresh interpreter whose PYTHONPATH does not reach ddcgan_tf."""
+    inputs, outputs = str(tmp_path / "in.npz"), str(tmp_path / "out.npz")
+    np.savez(inputs, **arrays)
+    clean_env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    clean_env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    r = subprocess.run([sys.executable, "-c", LOADER, saved_model, inputs, outputs], capture_output=True,
+                       text=True, env=clean_env, cwd=str(tmp_path), timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return dict(np.load(outputs))
+
+
+def test_cli_export_loads_without_ddcgan_tf_and_matches_keras(generator_file, tmp_path):
+    out_dir = str(tmp_path / "saved")
+    r = export_cli(f"--checkpoint={generator_file}", f"--output={out_dir}")
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout and "bn_mode=batch" in r.stdout
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]  # nothing left behind
+
+    # Two sizes, and a request of two images: "batch" BN must normalise each image by itself.
+    arrays = pairs_for(SIZES)
+    two = pairs_for([(40, 28)], batch=2)
+    arrays.update(vis2=two["vis0"], ir2=two["ir0"])
+    got = load_elsewhere(out_dir, arrays, tmp_path)
+    assert got["imported"].size == 0
+    assert bool(got["serve_equals_default"])
+
+    g = load_generator(generator_file)
+    for k in range(3):
+        vis, ir = arrays[f"vis{k}"], arrays[f"ir{k}"]
+        expected = np.concatenate([g((vis[b:b + 1], ir[b:b + 1]), training=False).numpy()
+                                   for b in range(len(vis))])
+        assert got[f"fused{k}"].shape == vis.shape
+        np.testing.assert_allclose(got[f"fused{k}"], expected, atol=1e-5)
+
+    config = json.loads(str(got["config"]))
+    assert (config["scale"], config["official_decoder"], config["bn_mode"]) == (4, True, "batch")
+    assert read_config(out_dir)["bn_mode"] == "batch"
+
+
+def test_saved_model_cli_lists_the_signature(generator_file, tmp_path):
+    if shutil.which("saved_model_cli") is None:
+        pytest.skip("saved_model_cli is not on PATH")
+    out_dir = str(tmp_path / "saved")
+    export_saved_model(load_generator(generator_file), out_dir)
+    r = subprocess.run(["saved_model_cli", "show", "--all", "--dir", out_dir], capture_output=True,
+                       text=True, env=env(), timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for signature in ("serve", "serving_default"):
+        block = r.stdout.split(f"signature_def['{signature}']:", 1)[1].split("signature_def[", 1)[0]
+        for name in ("vis", "ir"):
+            assert f"inputs['{name}'] tensor_info:" in block
+        assert "outputs['fused'] tensor_info:" in block
+        assert block.count("shape: (-1, -1, -1, 1)") == 3
+
+
+def test_moving_mode_export_and_config(generator_file, tmp_path):
+    import tensorflow as tf
+
+    g = load_generator(generator_file, bn_mode="moving")
+    out_dir = str(tmp_path / "moving")
+    config = export_saved_model(g, out_dir)
+    assert config["bn_mode"] == "moving" and read_config(out_dir) == config
+    assert os.path.isfile(os.path.join(out_dir, CONFIG_FILE))
+    m = tf.saved_model.load(out_dir)
+    arrays = pairs_for([(40, 28)], batch=2)
+    got = m.signatures["serving_default"](vis=tf.constant(arrays["vis0"]), ir=tf.constant(arrays["ir0"]))
+    expected = g((arrays["vis0"], arrays["ir0"]), training=False).numpy()
+    np.testing.assert_allclose(got["fused"].numpy(), expected, atol=1e-5)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="1/4 of the vis"):
+        m.signatures["serving_default"](vis=tf.constant(arrays["vis0"]), ir=tf.constant(arrays["vis0"]))
+
+
+def test_existing_output_needs_overwrite(generator_file, tmp_path):
+    out_dir = tmp_path / "saved"
+    out_dir.mkdir()
+    (out_dir / "keep.txt").write_text("previous")
+    with pytest.raises(InputError, match="already exists"):
+        export_saved_model(load_generator(generator_file), str(out_dir))
+    assert (out_dir / "keep.txt").read_text() == "previous"
+
+    r = export_cli(f"--checkpoint={generator_file}", f"--output={out_dir}")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0 and "ddcgan-export: error:" in r.stderr
+    assert "already exists" in r.stderr
+
+    r = export_cli(f"--checkpoint={generator_file}", f"--output={out_dir}", "--overwrite", "--bn_mode=moving")
+    assert r.returncode == 0, r.stderr
+    assert not (out_dir / "keep.txt").exists() and (out_dir / "saved_model.pb").is_file()
+    assert read_config(str(out_dir))["bn_mode"] == "moving"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no .tmp-* left
+
+
+def test_missing_output_flag_is_one_line_error(generator_file):
+    r = export_cli(f"--checkpoint={generator_file}")
+    assert r.returncode == 2 and r.stderr.strip() == "ddcgan-export: error: flags: missing --output"
+
+
+def test_without_checkpoint_uses_the_shipped_weights_of_the_mode(generator_file, tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "pet-mri").mkdir(parents=True)
+    shutil.copy(generator_file, root / "pet-mri" / "generator.h5")
+    run_env = dict(env(), DDCGAN_CHECKPOINTS=str(root))
+    run = lambda *args: subprocess.run([sys.executable, "-m", "ddcgan_tf.cli.export", *args],
+                                       capture_output=True, text=True, env=run_env, timeout=600)
+    r = run("--mode=pet-mri", f"--output={tmp_path / 'pet'}")
+    assert r.returncode == 0, r.stderr
+    assert read_config(str(tmp_path / "pet"))["scale"] == 4
+    r = run(f"--output={tmp_path / 'vis'}")  # --mode vis-ir: nothing shipped in this root
+    assert r.returncode == 2 and "no shipped vis-ir weights; pass --checkpoint" in r.stderr
+    assert not (tmp_path / "vis").exists()

@@ -1,0 +1,20 @@
+"""notebooks/explore.ipynb runs top to bottom (so it never rots)."""
+import os
+
+import pytest
+
+from conftest import REPO
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+
+
+def test_explore_notebook_executes():
+    path = os.path.join(REPO, "notebooks", "explore.ipynb")
+    nb = nbformat.read(path, as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit it without outputs"
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": os.path.dirname(path)}})
+    client.execute()
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "fused" in text and "weights:" in text

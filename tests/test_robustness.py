@@ -1,0 +1,516 @@
+"""Robustness: bad input gets a one-line error, training survives faults, nothing is lost.
+
+One test per requirement bullet; bullets already covered elsewhere are named in the docstrings
+(tests/test_fuse_cli.py, tests/test_patches.py, tests/test_training.py, tests/test_evaluate_cli.py).
+CLI tests run `python -m ddcgan_tf.cli.*` in subprocesses; the ones that need no TensorFlow
+(prepare, the run_main plumbing) take about a second each.
+"""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from ddcgan_tf import checkpoint as ckpt
+from ddcgan_tf.errors import InputError
+from ddcgan_tf.images import WriteError, atomic_write, list_images, read_grey, read_rgb
+from ddcgan_tf.patches import build_patch_set, cut_pair
+
+from conftest import REPO, synthetic_pair, write_pairs
+
+
+def cli(*args, timeout=300):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+
+def assert_one_line_error(result, prog, *needles, status=2):
+    assert result.returncode == status, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"{prog}: error: ") and "Traceback" not in result.stderr
+    for needle in needles:
+        assert str(needle) in lines[0], (needle, lines[0])
+
+
+def no_temp_files(*dirs):
+    return not [n for d in dirs for n in os.listdir(d) if n.startswith(".tmp-")]
+
+
+def quiet(*_):
+    pass
+
+
+def u8(x):
+    return np.rint(np.asarray(x) * 255).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------------- bad input files
+
+class _no_warnings:
+    """Asserts that the block emits no Python warning (it would be a second stderr line)."""
+
+    def __enter__(self):
+        import warnings
+        self._ctx = warnings.catch_warnings(record=True)
+        self.caught = self._ctx.__enter__()
+        warnings.simplefilter("always")
+        return self
+
+    def __exit__(self, *exc):
+        self._ctx.__exit__(*exc)
+        assert not self.caught, [str(w.message) for w in self.caught]
+        return False
+
+
+def _bad_file(tmp_path, kind):
+    """A file of the given kind of badness, with an image extension."""
+    good = tmp_path / "good.png"
+    iio.imwrite(good, u8(synthetic_pair(32, 48)[0]))
+    data = good.read_bytes()
+    path = {"missing": tmp_path / "missing.png", "empty": tmp_path / "empty.png",
+            "text_png": tmp_path / "notes.png", "text_tif": tmp_path / "notes.tif",
+            "truncated_png": tmp_path / "cut.png", "truncated_jpg": tmp_path / "cut.jpg",
+            "truncated_tif": tmp_path / "cut.tif", "directory": tmp_path / "folder.png"}[kind]
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind.startswith("text"):
+        path.write_text("this is not an image\n")
+    elif kind == "truncated_png":
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "truncated_jpg":
+        iio.imwrite(tmp_path / "full.jpg", u8(synthetic_pair(64, 64)[0]))
+        full = (tmp_path / "full.jpg").read_bytes()
+        path.write_bytes(full[: len(full) // 2])
+    elif kind == "truncated_tif":
+        iio.imwrite(tmp_path / "full.tif", synthetic_pair(64, 64)[0].astype(np.float32))
+        full = (tmp_path / "full.tif").read_bytes()
+        path.write_bytes(full[: len(full) // 2])
+    elif kind == "directory":
+        path.mkdir()
+    return str(path)
+
+
+@pytest.mark.parametrize("kind", ["missing", "empty", "text_png", "text_tif", "truncated_png",
+                                  "truncated_jpg", "truncated_tif", "directory"])
+def test_missing_unreadable_truncated_and_non_image_files_raise_input_error(tmp_path, kind):
+    """Bullets: missing file; unreadable or truncated image; non-image file with an image
+    extension (library side; the fuse CLI side is tests/test_fuse_cli.py
+    test_fuse_errors_are_one_line_and_leave_no_output, the prepare CLI side is below)."""
+    path = _bad_file(tmp_path, kind)
+    with _no_warnings():
+        with pytest.raises(InputError) as info:
+            read_grey(path)
+    assert info.value.where == path and "\n" not in str(info.value)
+    expected = {"missing": "not found", "empty": "empty", "directory": "directory"}.get(kind)
+    if expected:
+        assert expected in info.value.problem
+    elif kind.startswith("text"):
+        assert "not a readable image" in info.value.problem
+    else:
+        assert "cannot read image" in info.value.problem
+
+
+def test_empty_directory_is_an_error_naming_it(tmp_path):
+    """Bullet: an empty directory (library; the prepare CLI side is in the next test)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("no images here")
+    with pytest.raises(InputError, match="no image files") as info:
+        list_images(str(empty))
+    assert info.value.where == str(empty)
+    with pytest.raises(InputError, match="is not a directory"):
+        list_images(str(empty / "notes.txt"))
+
+
+def test_prepare_cli_reports_bad_pairs_at_the_end_and_single_errors_in_one_line(tmp_path):
+    """Bullets: directory run continues past bad pairs, reports them at the end, exits non-zero
+    (prepare); empty directory and a single bad pair give one line, exit 2, no output file."""
+    vis_dir, ir_dir = write_pairs(str(tmp_path / "src"), names=("a", "b", "c", "d", "e"))
+    with open(os.path.join(vis_dir, "b.png"), "r+b") as f:  # truncated
+        f.truncate(200)
+    with open(os.path.join(ir_dir, "c.png"), "w") as f:  # not an image
+        f.write("not a PNG")
+    os.remove(os.path.join(vis_dir, "d.png"))  # NaN in a float TIFF
+    iio.imwrite(os.path.join(vis_dir, "d.tif"), np.full((64, 96), np.nan, np.float32))
+    iio.imwrite(os.path.join(vis_dir, "e.png"), np.zeros((20, 20), np.uint8))  # too small
+    iio.imwrite(os.path.join(ir_dir, "e.png"), np.zeros((20, 20), np.uint8))
+    out = tmp_path / "set.h5"
+    prepare = ["-m", "ddcgan_tf.cli.prepare", f"--vis_dir={vis_dir}", f"--ir_dir={ir_dir}",
+               "--patch=32", "--stride=16"]
+    r = cli(*prepare, f"--output={out}")
+    assert r.returncode == 2, r.stderr
+    assert "wrote 15 patches from 1 pairs" in r.stdout and "Traceback" not in r.stderr
+    err = r.stderr.strip().splitlines()
+    assert err[0] == "ddcgan-prepare: error: 4 pair(s) failed and were left out:"
+    for needle in ("b.png", "c.png", "d.tif", "e.png"):
+        assert sum(needle in line for line in err[1:]) == 1, (needle, err)
+    assert "NaN" in next(line for line in err if "d.tif" in line)
+    assert "smaller than one 32x32 patch" in next(line for line in err if "e.png" in line)
+    with h5py.File(out, "r") as f:
+        assert f["vis"].shape[0] == 15
+        assert [x["name"] for x in json.loads(f.attrs["failed"])] == ["b", "c", "d", "e"]
+    assert no_temp_files(tmp_path)
+
+    # every pair bad -> one line, exit 2, no file
+    lone_vis, lone_ir = tmp_path / "lone_vis", tmp_path / "lone_ir"
+    lone_vis.mkdir()
+    lone_ir.mkdir()
+    iio.imwrite(lone_vis / "x.png", np.zeros((64, 96), np.uint8))
+    (lone_ir / "x.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    r = cli("-m", "ddcgan_tf.cli.prepare", f"--vis_dir={lone_vis}", f"--ir_dir={lone_ir}",
+            f"--output={tmp_path / 'none.h5'}", "--patch=32", "--stride=16")
+    assert_one_line_error(r, "ddcgan-prepare", lone_ir / "x.png", "no patches were cut")
+    assert not (tmp_path / "none.h5").exists() and no_temp_files(tmp_path)
+
+    # an empty directory
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    r = cli("-m", "ddcgan_tf.cli.prepare", f"--vis_dir={empty}", f"--ir_dir={ir_dir}",
+            f"--output={tmp_path / 'none.h5'}")
+    assert_one_line_error(r, "ddcgan-prepare", empty, "no image files")
+    assert not (tmp_path / "none.h5").exists()
+
+
+def test_sizes_that_do_not_match_the_scale_are_rejected_unless_a_resize_rule_is_asked_for(tmp_path):
+    """Bullet: visible/infrared sizes that do not fit the scale factor. Fusing: check_sizes
+    (the --resize rule is tests/test_fuse_cli.py test_resize_rule_crops_and_downsamples);
+    prepare: --on_mismatch error|skip|resize (also tests/test_patches.py)."""
+    from ddcgan_tf.generator import check_sizes
+
+    with pytest.raises(InputError, match="must be 24x16") as info:
+        check_sizes((64, 96), (17, 24), 4, "v.png", "i.png")
+    assert info.value.where == "i.png"
+    with pytest.raises(InputError, match="not a multiple of the scale factor 4.*--resize"):
+        check_sizes((66, 96), (16, 24), 4, "v.png", "i.png")
+    vis, ir = synthetic_pair(64, 96)
+    with pytest.raises(InputError, match="neither the visible size"):
+        cut_pair(vis, ir[:50, :70], patch=32, stride=16, where="v.png / i.png")
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a",))
+    iio.imwrite(os.path.join(ir_dir, "a.png"), np.zeros((17, 24), np.uint8))
+    out = str(tmp_path / "set.h5")
+    with pytest.raises(InputError, match="a.png.*neither the visible size"):
+        build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, on_mismatch="error", log=quiet)
+    assert not os.path.exists(out) and no_temp_files(tmp_path)
+    assert build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, on_mismatch="resize",
+                           log=quiet)["patches"] == 15
+
+
+def test_images_too_small_for_the_network_say_the_minimum():
+    """Bullet: images too small for the network (the minimum is in the message)."""
+    from ddcgan_tf.generator import check_sizes
+
+    with pytest.raises(InputError, match="at least 8x8"):
+        check_sizes((4, 4), (1, 1), 4, "tiny.png", "tiny_ir.png")
+    with pytest.raises(InputError, match="at least 4x4"):
+        check_sizes((1, 1), (1, 1), 1, "px.png", "px_ir.png")
+    with pytest.raises(InputError, match="smaller than one 84x84 patch"):
+        cut_pair(np.zeros((80, 200), np.float32), np.zeros((80, 200), np.float32), where="small.png")
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf, 1e30, -0.5])
+def test_nan_inf_and_out_of_range_float_tiffs_are_rejected(tmp_path, bad):
+    """Bullet: NaN/Inf in float TIFFs (and floats outside [0, 1])."""
+    image = np.full((16, 16), 0.5, np.float32)
+    image[3, 5] = bad
+    path = str(tmp_path / "float.tif")
+    iio.imwrite(path, image)
+    with pytest.raises(InputError, match="NaN or Inf" if not np.isfinite(bad) else r"\[0, 1\]") as info:
+        read_grey(path)
+    assert info.value.where == path
+
+
+def test_16_bit_and_rgb_inputs_are_converted(tmp_path):
+    """16-bit PNG/TIFF are divided by 65535, RGB reduced to luminance, float TIFF kept."""
+    ramp = np.linspace(0, 65535, 12 * 16).reshape(12, 16).astype(np.uint16)
+    for ext in (".png", ".tif"):
+        iio.imwrite(tmp_path / f"g16{ext}", ramp)
+        np.testing.assert_allclose(read_grey(tmp_path / f"g16{ext}"), ramp / 65535.0, atol=1e-7)
+    rgb16 = np.stack([ramp, ramp[::-1], np.full_like(ramp, 1000)], axis=-1)
+    iio.imwrite(tmp_path / "rgb16.tif", rgb16, photometric="rgb")
+    np.testing.assert_allclose(read_grey(tmp_path / "rgb16.tif"),
+                               (rgb16 / 65535.0) @ np.array([0.299, 0.587, 0.114]), atol=1e-6)
+    rgb8 = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    iio.imwrite(tmp_path / "rgb8.png", rgb8)
+    grey = read_grey(tmp_path / "rgb8.png")
+    assert grey.shape == (12, 16) and grey.dtype == np.float32
+    np.testing.assert_allclose(grey, (rgb8 / 255.0) @ np.array([0.299, 0.587, 0.114]), atol=1e-6)
+    assert read_rgb(tmp_path / "g16.png").shape == (12, 16, 3)
+    iio.imwrite(tmp_path / "wide.tif", ramp.astype(np.uint32))
+    with pytest.raises(InputError, match="8- or 16-bit"):
+        read_grey(tmp_path / "wide.tif")
+
+
+def test_hdf5_with_wrong_layout_or_patch_sizes_is_rejected(tmp_path):
+    """Bullet: an HDF5 file with the wrong layout or patch sizes. Unknown layout, patch sizes
+    that do not fit the scale and a non-HDF5 file: tests/test_patches.py
+    test_wrong_layouts_are_rejected_with_the_file_name; here the rest."""
+    from ddcgan_tf.data import PatchSet, make_dataset
+
+    path = str(tmp_path / "bad.h5")
+    rng = np.random.default_rng(0)
+
+    def write(**datasets):
+        with h5py.File(path, "w") as f:
+            for name, value in datasets.items():
+                if isinstance(value, str) and value == "group":
+                    f.create_group(name)
+                else:
+                    f[name] = value
+
+    cases = [
+        (dict(vis="group", ir=np.zeros((2, 8, 8, 1))), "must be a dataset"),
+        (dict(vis=np.zeros((2, 32, 32)), ir=np.zeros((2, 8, 8, 1))), "must be N x P x P x 1"),
+        (dict(vis=np.zeros((2, 32, 32, 1)), ir=np.zeros((3, 8, 8, 1))), "'ir' has 3"),
+        (dict(vis=np.zeros((2, 32, 32, 1)), ir=np.zeros((2, 16, 16, 1))), "do not match scale 4"),
+        (dict(vis=np.array([[[[b"x"]]]] * 2), ir=np.zeros((2, 8, 8, 1))), "unsupported type"),
+        (dict(vis=np.zeros((0, 32, 32, 1)), ir=np.zeros((0, 8, 8, 1))), "empty"),
+        (dict(data=np.zeros((4, 30, 30, 2))), "square multiples of 4"),
+    ]
+    for datasets, message in cases:
+        write(**datasets)
+        with pytest.raises(InputError, match=message) as info:
+            PatchSet(path)
+        assert info.value.where == path
+    write(vis=rng.random((4, 32, 32, 1)), ir=rng.random((4, 8, 8, 1)))
+    with h5py.File(path, "a") as f:
+        f["vis"].attrs["max_value"] = 0.0
+    with pytest.raises(InputError, match="max_value must be a positive number"):
+        PatchSet(path)
+    with h5py.File(path, "a") as f:
+        f["vis"].attrs["max_value"] = 1.0
+    with pytest.raises(InputError, match="fewer than one batch of 24"):
+        make_dataset(path, batch_size=24)
+    with pytest.raises(InputError, match="--batch_size"):
+        make_dataset(path, batch_size=0)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:  # truncated (a copy that stopped half way)
+        f.write(data[: len(data) // 2])
+    with pytest.raises(InputError, match="HDF5"):
+        PatchSet(path)
+    with pytest.raises(InputError, match="patch set not found"):
+        PatchSet(str(tmp_path / "nope.h5"))
+
+
+# --------------------------------------------------------------------------------------- training
+
+def test_atomic_write_killed_mid_write_leaves_the_previous_file(tmp_path):
+    """Checkpoints are written atomically: SIGKILL while a new version is half written leaves
+    the old file intact; the stale temporary file is removed by the next CheckpointManager."""
+    target = tmp_path / "ckpt-00000001.h5"
+    with h5py.File(target, "w") as f:
+        f["x"] = np.arange(10)
+    script = (
+        "import os, signal, sys\n"
+        "from ddcgan_tf.images import atomic_write\n"
+        "def write(tmp):\n"
+        "    with open(tmp, 'wb') as f:\n"
+        "        f.write(b'half of a checkpoint')\n"
+        "        f.flush()\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"atomic_write({str(target)!r}, write, suffix='.h5')\n"
+    )
+    r = cli("-c", script, timeout=60)
+    assert r.returncode == -signal.SIGKILL
+    with h5py.File(target, "r") as f:
+        np.testing.assert_array_equal(f["x"][()], np.arange(10))
+    assert not no_temp_files(tmp_path)  # the kill left the temporary file ...
+    ckpt.CheckpointManager(str(tmp_path), log=quiet)
+    assert no_temp_files(tmp_path)  # ... which the next run removes
+    assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [1]
+
+
+def test_sigkill_mid_training_then_resume_keeps_every_checkpoint_loadable(small_patch_set, tmp_path):
+    """Bullet: checkpoints are atomic, so a kill at any moment leaves every checkpoint on disk
+    loadable, and a resumed run continues the step count (steps.jsonl and batch_count).
+    Two training subprocesses: this is the expensive test (about 2 x 15 s on an idle 2-core CPU)."""
+    from ddcgan_tf.callbacks import read_step_log
+    from ddcgan_tf.train import build_model
+
+    model_dir = str(tmp_path / "run")
+    args = ["-m", "ddcgan_tf.cli.train", f"--model_dir={model_dir}", "--batch_size=4",
+            "--checkpoint_every=1", "--verbose=0", "--tensorboard=false"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, *args, f"--data={small_patch_set}", "--steps=40"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    try:
+        while len(ckpt.list_checkpoints(model_dir)) < 2:
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "no two checkpoints within 240 s"
+            time.sleep(0.02)
+    finally:
+        proc.kill()  # SIGKILL
+        proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    left = ckpt.list_checkpoints(model_dir)
+    killed_at = left[-1][0]
+    assert 2 <= killed_at < 40 and len(left) <= 4  # 4: killed between a save and its pruning
+
+    model = build_model(patch_size=32)
+
+    def check_all_load():
+        found = ckpt.list_checkpoints(model_dir)
+        for step, path in found:
+            ckpt.load_state(model, path)
+            assert int(model.batch_count.numpy()) == step
+        return [s for s, _ in found]
+
+    check_all_load()
+    target = killed_at + 2
+    r = cli(*args, f"--data={small_patch_set}", f"--steps={target}")
+    assert r.returncode == 0, r.stderr
+    assert check_all_load() == [target - 2, target - 1, target]
+    assert [row["step"] for row in read_step_log(os.path.join(model_dir, "steps.jsonl"))] == \
+        list(range(1, target + 1))
+    assert no_temp_files(model_dir)
+
+
+def test_nan_loss_in_the_cli_is_one_line_and_exit_3(tmp_path):
+    """Bullet: a NaN/Inf loss stops training with a clear message and keeps the last good
+    checkpoint. The library behaviour (stop, keep the checkpoint, TrainingDiverged) is
+    tests/test_training.py test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint; here
+    the CLI turns it into one line and exit status 3 (train() replaced by one that diverges, to
+    spare a third training subprocess)."""
+    script = (
+        "import sys\n"
+        "from ddcgan_tf.cli.common import import_tensorflow_quietly\n"
+        "import_tensorflow_quietly()\n"
+        "import ddcgan_tf.train as T\n"
+        "def diverging(*a, **k):\n"
+        "    raise T.TrainingDiverged('non-finite g_loss at batch 6; training stopped, '\n"
+        "                             'last good checkpoint kept: /m/ckpt-00000005.h5')\n"
+        "T.train = diverging\n"
+        "sys.argv = ['ddcgan-train', '--data=x.h5', '--model_dir=/m', '--verbose=0']\n"
+        "from ddcgan_tf.cli.train import run\n"
+        "run()\n")
+    r = cli("-c", script, timeout=120)
+    assert_one_line_error(r, "ddcgan-train", "non-finite g_loss at batch 6", "ckpt-00000005.h5", status=3)
+
+
+def _unwritable_dir(tmp_path):
+    """A model directory that cannot be written: chmod 0o555 where that works (not as root),
+    else a path under a regular file (os.makedirs fails with ENOTDIR even for root)."""
+    ro = tmp_path / "readonly"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").write_text("x")
+    except OSError:
+        return str(ro / "run")
+    (ro / "probe").unlink()
+    ro.chmod(0o755)
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    return str(blocker / "run")
+
+
+def test_read_only_model_directory_fails_with_one_line(small_patch_set, tmp_path):
+    """Bullet: a read-only model directory fails with a clear message, not a traceback."""
+    from ddcgan_tf.train import train
+
+    model_dir = _unwritable_dir(tmp_path)
+    with pytest.raises(WriteError, match="cannot"):
+        train(small_patch_set, model_dir, steps=1, batch_size=4, verbose=0, tensorboard=False)
+    r = cli("-m", "ddcgan_tf.cli.train", f"--data={small_patch_set}", f"--model_dir={model_dir}",
+            "--steps=1", "--batch_size=4", "--verbose=0")
+    assert_one_line_error(r, "ddcgan-train", os.path.dirname(model_dir))
+
+
+def test_full_disk_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    """Bullet: a full disk fails with a clear message (WriteError, one line in the CLI) and
+    leaves the previous checkpoint loadable and no temporary file."""
+    import ddcgan_tf.images as images_module
+    from ddcgan_tf.callbacks import StepLog
+    from ddcgan_tf.train import build_model
+
+    model = build_model(patch_size=32)
+    manager = ckpt.CheckpointManager(str(tmp_path / "run"), log=quiet)
+    first = manager.save(model)
+    model.batch_count.assign(1)
+
+    def no_space(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:  # the rename fails
+        m.setattr(images_module.os, "replace", no_space)
+        with pytest.raises(WriteError, match="ckpt-00000001.h5: cannot write \\(No space left on device\\)"):
+            manager.save(model)
+    with monkeypatch.context() as m:  # HDF5 fails half way through the file
+        m.setattr(ckpt, "_write_vars", lambda group, variables: no_space() if group.name == "/dv" else None)
+        with pytest.raises(WriteError, match="No space left on device"):
+            manager.save(model)
+    assert ckpt.list_checkpoints(manager.model_dir) == [(0, first)]
+    assert no_temp_files(manager.model_dir)
+    ckpt.load_state(model, first)
+    assert int(model.batch_count.numpy()) == 0
+
+    log = StepLog(str(tmp_path / "run" / "steps.jsonl"))
+    log.set_model(model)
+    with monkeypatch.context() as m:
+        m.setattr("builtins.open", no_space)
+        with pytest.raises(WriteError, match="steps.jsonl: cannot append"):
+            log.on_train_batch_end(0, {"loss": 1.0})
+
+
+def test_cli_turns_write_and_os_errors_into_one_line():
+    """The CLI plumbing (run_main) shared by every CLI: WriteError and an OSError such as ENOSPC
+    or ENOTDIR become `PROG: error: FILE: problem`, exit 2, no traceback."""
+    for raised, needle in (
+            ("WriteError('/m/ckpt-1.h5', 'cannot write (No space left on device)')", "/m/ckpt-1.h5: cannot write"),
+            ("OSError(errno.ENOSPC, 'No space left on device', '/m/steps.jsonl')", "/m/steps.jsonl: No space"),
+            ("NotADirectoryError(errno.ENOTDIR, 'Not a directory', '/f/run')", "/f/run: Not a directory")):
+        script = ("import errno\n"
+                  "from ddcgan_tf.cli.common import run_main\n"
+                  "from ddcgan_tf.images import WriteError\n"
+                  "def main(argv):\n"
+                  f"    raise {raised}\n"
+                  "run_main(main, 'ddcgan-x', needs_tensorflow=False)\n")
+        assert_one_line_error(cli("-c", script, timeout=60), "ddcgan-x", needle)
+
+
+def test_damaged_newest_checkpoint_is_skipped_on_restore(tmp_path):
+    """A newest checkpoint that does not load (copied in half, say) is reported and the next
+    older one is restored; when none loads, one InputError."""
+    from ddcgan_tf.train import build_model
+
+    model = build_model(patch_size=32)
+    manager = ckpt.CheckpointManager(str(tmp_path / "run"), log=quiet)
+    manager.save(model)
+    model.batch_count.assign(7)
+    newest = manager.save(model)
+    data = open(newest, "rb").read()
+    with open(newest, "wb") as f:
+        f.write(data[: len(data) // 3])
+    messages = []
+    manager.log = messages.append
+    assert manager.restore_latest(model).endswith("ckpt-00000000.h5")
+    assert int(model.batch_count.numpy()) == 0 and "ckpt-00000007.h5" in messages[0]
+    os.remove(ckpt.list_checkpoints(manager.model_dir)[0][1])
+    with pytest.raises(InputError, match="none of the 1 checkpoint"):
+        manager.restore_latest(model)
+
+
+def test_write_errors_name_the_file(tmp_path):
+    """Outputs: a missing output directory, a path under a regular file, an unknown output
+    extension: WriteError/InputError naming the path, nothing left behind."""
+    from ddcgan_tf.images import write_image
+
+    image = np.zeros((8, 8), np.float32)
+    with pytest.raises(WriteError, match="does not exist"):
+        write_image(tmp_path / "nope" / "out.png", image)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(WriteError, match="is not a directory"):
+        atomic_write(str(blocker / "out.png"), lambda tmp: None)
+    with pytest.raises(InputError, match="unsupported output format '.xyz'"):
+        write_image(tmp_path / "out.xyz", image)
+    assert sorted(os.listdir(tmp_path)) == ["file"]
