@@ -6,6 +6,7 @@ A log or summary that cannot be written (disk full, read-only directory) raises
 import json
 import math
 import os
+import time
 
 import keras
 import numpy as np
@@ -80,7 +81,8 @@ class StepLog(keras.callbacks.Callback):
         self.path = path
 
     def on_train_batch_end(self, batch, logs=None):
-        row = {"step": int(self.model.batch_count.numpy()), **_scalar_logs(logs)}
+        row = {"step": int(self.model.batch_count.numpy()), "time": round(time.time(), 3),
+               **_scalar_logs(logs)}
         try:
             with open(self.path, "a") as f:
                 f.write(json.dumps(row) + "\n")

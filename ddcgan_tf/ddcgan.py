@@ -85,6 +85,12 @@ class DDcGAN(keras.Model):
             self.g_optimizer.__class__.from_config(self.g_optimizer.get_config()))
         self.dv_optimizer = dv_optimizer or keras.optimizers.SGD(learning_rate=lr)
         self.di_optimizer = di_optimizer or keras.optimizers.SGD(learning_rate=lr)
+        if keras.mixed_precision.dtype_policy().name == "mixed_float16":
+            # float16 gradients underflow without loss scaling (bfloat16 needs none)
+            for name in ("g_optimizer", "g_adv_optimizer", "dv_optimizer", "di_optimizer"):
+                opt = getattr(self, name)
+                if not isinstance(opt, keras.optimizers.LossScaleOptimizer):
+                    setattr(self, name, keras.optimizers.LossScaleOptimizer(opt))
         if not self.built:
             self.build()
         # The thresholds live in variables: changing them (set_schedule) needs no retracing.
@@ -145,7 +151,7 @@ class DDcGAN(keras.Model):
         def step(*a):
             with tf.GradientTape() as tape:
                 loss = loss_fn(*a)
-                scaled = loss / replicas
+                scaled = optimizer.scale_loss(loss / replicas)  # loss scaling under mixed_float16
             grads = tape.gradient(scaled, variables)
             optimizer.apply_gradients(zip(grads, variables))
             return loss

@@ -44,7 +44,7 @@ class Discriminator(keras.Model):
     def call(self, x, training=False):
         for layer in self.convs:
             x = layer(x, training=training)
-        return self.dense(self.flatten(x)) / 2.0 + 0.5
+        return tf.cast(self.dense(self.flatten(x)), "float32") / 2.0 + 0.5
 
     def get_config(self):
         return {"name": self.name, "input_size": self.input_size}

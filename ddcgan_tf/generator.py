@@ -72,8 +72,8 @@ class Generator(keras.Model):
 
     def call(self, inputs, training=False, update_bn=True):
         vis, ir = self.split_inputs(inputs)
-        vis = tf.convert_to_tensor(vis, tf.float32)
-        ir = tf.convert_to_tensor(ir, tf.float32)
+        vis = tf.cast(vis, self.compute_dtype)  # bfloat16/float16 under a mixed policy
+        ir = tf.cast(ir, self.compute_dtype)
         if self.scale > 1:
             ir, vis = self.deconv_ir(ir), self.deconv_vis(vis)
         kw = dict(training=training, update_bn=update_bn)
@@ -86,7 +86,7 @@ class Generator(keras.Model):
         x = first(x, **kw)
         for layer in self.decoder_convs[1:]:
             x = layer(x, **kw)
-        return tf.tanh(x) / 2.0 + 0.5
+        return tf.cast(tf.tanh(x), tf.float32) / 2.0 + 0.5  # the fused image is always float32
 
     def get_config(self):
         return {"name": self.name, "scale": self.scale, "official_decoder": self.official_decoder,

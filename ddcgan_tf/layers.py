@@ -32,24 +32,31 @@ class BatchNorm(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = (int(input_shape[-1]),)
-        self.gamma = self.add_weight(shape=channels, initializer="ones", name="gamma")
-        self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta")
+        # autocast=False: under a mixed policy BN works in float32 (see call)
+        self.gamma = self.add_weight(shape=channels, initializer="ones", name="gamma", autocast=False)
+        self.beta = self.add_weight(shape=channels, initializer="zeros", name="beta", autocast=False)
         # identical on every replica (synchronised statistics), so "mean" aggregation is exact
         self.moving_mean = self.add_weight(shape=channels, initializer="zeros", trainable=False,
-                                           name="moving_mean", aggregation="mean")
+                                           name="moving_mean", aggregation="mean",
+                                           autocast=False)
         self.moving_variance = self.add_weight(shape=channels, initializer="ones", trainable=False,
-                                               name="moving_variance", aggregation="mean")
+                                               name="moving_variance", aggregation="mean",
+                                               autocast=False)
 
     def call(self, x, training=False, update=True):
+        # Statistics and normalisation in float32 also under a mixed-precision policy.
+        dtype = x.dtype
+        x = tf.cast(x, tf.float32)
         if training or self.mode == "batch":
             mean, variance = self._moments(x, synchronise=training)
             if training and update:
                 m = self.momentum
-                self.moving_mean.assign(m * self.moving_mean + (1.0 - m) * mean)
-                self.moving_variance.assign(m * self.moving_variance + (1.0 - m) * variance)
+                self.moving_mean.assign(m * self.moving_mean.value + (1.0 - m) * mean)
+                self.moving_variance.assign(m * self.moving_variance.value + (1.0 - m) * variance)
         else:
-            mean, variance = self.moving_mean, self.moving_variance
-        return tf.nn.batch_normalization(x, mean, variance, self.beta, self.gamma, self.epsilon)
+            mean, variance = self.moving_mean.value, self.moving_variance.value
+        out = tf.nn.batch_normalization(x, mean, variance, self.beta.value, self.gamma.value, self.epsilon)
+        return tf.cast(out, dtype)
 
     @staticmethod
     def _moments(x, synchronise):

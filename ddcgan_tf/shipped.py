@@ -1,13 +1,27 @@
-"""Where the weights shipped in the repository's `checkpoints/` folder live."""
-import os
+"""The weights shipped in the repository's `checkpoints/` folder: where they live, how they are made.
 
-from ddcgan_tf.checkpoint import GENERATOR_FILE
+checkpoints/<mode>/ (mode: vis-ir or pet-mri) holds
+  generator.h5     what fusing needs (generator weights + config; a few MB)
+  train_state.h5   the full resumable training state (G, Dv, Di, optimizer slots, counters):
+                   `ddcgan-train --model_dir DIR` resumes from it once copied into DIR
+  manifest.json    preset and every hyper-parameter, data and patch count, steps, wall time,
+                   machine, and the validation metrics
+"""
+import json
+import os
+import platform
+import shutil
+
+from ddcgan_tf.checkpoint import GENERATOR_FILE, load_generator, read_configs, save_generator
 from ddcgan_tf.errors import InputError
+from ddcgan_tf.images import atomic_write
 
 CHECKPOINT_ROOT = os.environ.get(
     "DDCGAN_CHECKPOINTS",
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints"))
 MODES = ("vis-ir", "pet-mri")
+STATE_FILE = "train_state.h5"
+MANIFEST_FILE = "manifest.json"
 
 
 def default_checkpoint(mode="vis-ir"):
@@ -16,3 +30,31 @@ def default_checkpoint(mode="vis-ir"):
     if not os.path.isfile(path):
         raise InputError(path, f"no shipped {mode} weights; pass --checkpoint")
     return path
+
+
+def ship(checkpoint, mode, run_info=None, validation=None, root=CHECKPOINT_ROOT):
+    """Copies a training checkpoint into root/mode as generator.h5, train_state.h5, manifest.json.
+
+    run_info: dict merged into the manifest (data, patches, wall time, notes, ...).
+    validation: dict of validation metrics (means) to record.
+    """
+    if mode not in MODES:
+        raise InputError("--mode", f"must be one of {MODES}, got {mode!r}")
+    out = os.path.join(root, mode)
+    os.makedirs(out, exist_ok=True)
+    model_config, train_config = read_configs(checkpoint)
+    save_generator(load_generator(checkpoint), os.path.join(out, GENERATOR_FILE))
+    atomic_write(os.path.join(out, STATE_FILE), lambda tmp: shutil.copyfile(checkpoint, tmp), suffix=".h5")
+    manifest = {"mode": mode, "model": model_config, "train": train_config,
+                "source_checkpoint": os.path.basename(checkpoint),
+                "machine": {"platform": platform.platform(), "processor": platform.processor() or
+                            platform.machine(), "cpu_count": os.cpu_count()},
+                **(run_info or {}), "validation": validation or {}}
+    text = json.dumps(manifest, indent=2, sort_keys=True, default=float)
+
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write(text + "\n")
+
+    atomic_write(os.path.join(out, MANIFEST_FILE), write, suffix=".json")
+    return out

@@ -67,7 +67,7 @@ def is_chief():
 def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset="official",
           overrides=None, scale=C.SCALE, official_decoder=True, bn_mode="batch",
           checkpoint_every=100, keep=3, jit_compile=False, seed=None, tensorboard=True,
-          verbose=1, sample_every=100, strategy="default"):
+          verbose=1, sample_every=100, strategy="default", mixed_precision=None):
     """Trains (or resumes) a DDcGAN on an HDF5 patch set; returns the model.
 
     A model_dir that already holds checkpoints is resumed: the newest checkpoint restores the
@@ -85,6 +85,9 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     strategy: "mirrored" / "multiworker" train replicated (batch_size is the global batch; the
     losses are averaged over it and every replica takes the same schedule decisions). With
     multiworker only the chief writes checkpoints and logs.
+    mixed_precision: None, "mixed_bfloat16" or "mixed_float16" (with loss scaling): the Keras
+    global dtype policy, set before the model is built. Variables, BN, losses and the fused
+    image stay float32; the convolutions run in 16 bit. Meant for GPUs; works on the CPU.
     """
     model_dir = os.fspath(model_dir)
     _check_positive("--steps", steps, allow_none=True)
@@ -116,6 +119,9 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
             raise InputError(model_dir, f"holds a run with other settings "
                                         f"({mismatch or 'training preset/overrides differ'}); "
                                         f"use a new --model_dir")
+    if mixed_precision not in (None, "float32", "mixed_bfloat16", "mixed_float16"):
+        raise InputError("--mixed_precision", f"must be mixed_bfloat16 or mixed_float16, got {mixed_precision!r}")
+    keras.mixed_precision.set_global_policy(mixed_precision or "float32")
     distribution = make_strategy(strategy)
     with distribution.scope():
         model = build_model(train_config=cfg, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
@@ -127,7 +133,9 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         f"{len(patches)} patches, {steps_per_epoch} batches per epoch")
     _write_json(os.path.join(model_dir, "config.json"),
                 {"model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
-                 "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch})
+                 "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch,
+                 "strategy": strategy, "replicas": distribution.num_replicas_in_sync,
+                 "mixed_precision": mixed_precision or "float32"})
     step_log = os.path.join(model_dir, "steps.jsonl")
     cb.trim_step_log(step_log, done, _write_text)  # a killed run may have logged past its checkpoint
     if done >= total:

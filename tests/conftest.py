@@ -47,6 +47,19 @@ def small_patch_set(tmp_path):
     return out
 
 
+@pytest.fixture(scope="session")
+def generator_file(tmp_path_factory):
+    """An untrained generator saved the way checkpoints/ ships one."""
+    from ddcgan_tf.checkpoint import save_generator
+    from ddcgan_tf.generator import Generator
+
+    g = Generator()
+    g.build()
+    path = str(tmp_path_factory.mktemp("gen") / "generator.h5")
+    save_generator(g, path)
+    return path
+
+
 def shared_path(*parts):
     path = os.path.join(SHARED, *parts)
     if not os.path.exists(path):

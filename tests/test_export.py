@@ -9,10 +9,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from ddcgan_tf.checkpoint import load_generator, save_generator
+from ddcgan_tf.checkpoint import load_generator
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.export import CONFIG_FILE, export_saved_model, read_config
-from ddcgan_tf.generator import Generator
 
 from conftest import REPO, synthetic_pair
 
@@ -48,15 +47,6 @@ def env():
 def export_cli(*args):
     return subprocess.run([sys.executable, "-m", "ddcgan_tf.cli.export", *args], capture_output=True,
                           text=True, env=env(), timeout=600)
-
-
-@pytest.fixture(scope="module")
-def generator_file(tmp_path_factory):
-    g = Generator()
-    g.build()
-    path = str(tmp_path_factory.mktemp("gen") / "generator.h5")
-    save_generator(g, path)
-    return path
 
 
 def pairs_for(sizes, batch=1):

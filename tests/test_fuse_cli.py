@@ -7,10 +7,9 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from ddcgan_tf.checkpoint import load_generator, save_generator
+from ddcgan_tf.checkpoint import load_generator
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.fuse import Fuser, fit_sizes, fuse_files
-from ddcgan_tf.generator import Generator
 
 from conftest import REPO, synthetic_pair, write_pairs
 
@@ -19,15 +18,6 @@ def cli(*args, cwd=None):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=600)
-
-
-@pytest.fixture(scope="module")
-def generator_file(tmp_path_factory):
-    g = Generator()
-    g.build()
-    path = str(tmp_path_factory.mktemp("gen") / "generator.h5")
-    save_generator(g, path)
-    return path
 
 
 def test_fuser_handles_any_multiple_of_four_and_matches_the_model(generator_file):

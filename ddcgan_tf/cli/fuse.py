@@ -1,5 +1,4 @@
 """ddcgan-fuse: fuse a visible/infrared pair (or two directories of pairs) with a generator."""
-import os
 import sys
 
 from absl import flags

@@ -37,6 +37,8 @@ flags.DEFINE_boolean("tensorboard", True, "Write TensorBoard scalars and sample 
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
                   "Distribution: one device, all local devices (MirroredStrategy), or a cluster "
                   "described by TF_CONFIG (MultiWorkerMirroredStrategy).")
+flags.DEFINE_enum("mixed_precision", None, ["mixed_bfloat16", "mixed_float16"],
+                  "16-bit convolutions (for GPUs; float16 uses loss scaling). Default: float32.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 flags.mark_flags_as_required(["data", "model_dir"])
 
@@ -57,7 +59,7 @@ def main(argv):
               scale=FLAGS.scale, official_decoder=FLAGS.official_decoder, bn_mode=FLAGS.bn_mode,
               checkpoint_every=FLAGS.checkpoint_every, keep=FLAGS.keep, jit_compile=FLAGS.jit_compile,
               seed=FLAGS.seed, tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose,
-              strategy=FLAGS.strategy)
+              strategy=FLAGS.strategy, mixed_precision=FLAGS.mixed_precision)
     except TrainingDiverged as e:
         error_exit("ddcgan-train", e, EXIT_DIVERGED)
 

@@ -1,0 +1,43 @@
+"""--mixed_precision: 16-bit convolutions, float32 variables, BN, losses and output; CPU works.
+
+In a subprocess: the Keras dtype policy is global.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+from conftest import REPO
+
+SCRIPT = textwrap.dedent("""
+    import os
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    import keras, numpy as np, tensorflow as tf
+    from ddcgan_tf import config as C
+    from ddcgan_tf.ddcgan import DDcGAN
+    rng = np.random.default_rng(0)
+    data = (rng.random((4, 32, 32, 1)).astype("float32"), rng.random((4, 8, 8, 1)).astype("float32"))
+    for policy in ("mixed_bfloat16", "mixed_float16"):
+        keras.mixed_precision.set_global_policy(policy)
+        m = DDcGAN(patch_size=32)
+        m.compile(train_config=C.get_preset("official", max_repeats=2), steps_per_epoch=10)
+        out = {k: float(v) for k, v in tf.function(m.train_step)(data).items()}
+        conv = m.generator.encoder_conv.conv
+        fused = m.generator(data)
+        print("RESULT", policy, all(np.isfinite(list(out.values()))), out["g_loss"],
+              conv.compute_dtype, conv.kernel.dtype, m.generator.encoder_conv.bn.gamma.dtype,
+              fused.dtype.name, type(m.g_optimizer).__name__)
+""")
+
+
+def test_mixed_precision_trains_on_the_cpu():
+    env = dict(os.environ, PYTHONPATH=REPO)
+    r = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("RESULT")]
+    assert [row[0] for row in rows] == ["mixed_bfloat16", "mixed_float16"]
+    for policy, finite, g_loss, compute, kernel, gamma, fused, optimizer in rows:
+        assert finite == "True" and 0 < float(g_loss) < 1e4
+        assert compute == policy.split("_")[1] and kernel == "float32" and gamma == "float32"
+        assert fused == "float32"
+    assert rows[0][-1] == "TF1RMSprop" and rows[1][-1] == "LossScaleOptimizer"
