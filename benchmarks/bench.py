@@ -86,7 +86,12 @@ def main():
         for h, w in sizes:
             vis = rng.random((h, w), np.float32)
             ir = rng.random((h // 4, w // 4), np.float32)
-            first, t = timed(lambda: fuser(vis, ir), max(1, args.repeats - 1))
+            try:
+                first, t = timed(lambda: fuser(vis, ir), max(1, args.repeats - 1))
+            except tf.errors.ResourceExhaustedError:
+                print(f"fuse {h}x{w} {'XLA' if jit else 'tf.function':11s}: out of memory "
+                      f"(use ddcgan-fuse --tile)")
+                continue
             flops = generator_flops(h, w, bool(args.official_decoder))
             print(f"fuse {h}x{w} {'XLA' if jit else 'tf.function':11s}: first {first:7.2f} s, "
                   f"steady {t:7.2f} s, {flops / t / 1e9:6.1f} GFLOP/s "

@@ -1,6 +1,8 @@
 """Scores a generator on held-out TNO scenes (multi-resolution setting), next to baselines.
 
   python benchmarks/validate_tno.py --checkpoint runs/tno [--names a,b,c] [--json out.json]
+  python benchmarks/validate_tno.py --checkpoint runs/pet --vis_dir medical/mri \
+      --ir_dir medical/pet --names 13,14          # PET-MRI (PET already at 1/4)
 
 For each scene: the visible image is cropped to a multiple of 4, the infrared image is
 downsampled 4x the way training does (scipy zoom 1/4), the pair is fused with BN in "batch"
@@ -34,13 +36,18 @@ def score(fused, vis, ir):
     return s
 
 
-def validate(checkpoint, names=HELD_OUT, tno=TNO, modes=("batch", "moving"), log=print):
-    """-> {method: {"per_image": {name: scores}, "mean": scores}}."""
+def validate(checkpoint, names=HELD_OUT, vis_dir=os.path.join(TNO, "vis"), ir_dir=os.path.join(TNO, "ir"),
+             modes=("batch", "moving"), log=print):
+    """-> {method: {"per_image": {name: scores}, "mean": scores}}.
+
+    The infrared (or PET) image may be full resolution (downsampled here) or already 1/4.
+    """
     fusers = {m: Fuser(load_generator(checkpoint, bn_mode=m)) for m in modes}
     results = {k: {"per_image": {}} for k in list(modes) + ["average"]}
+    vis_files, ir_files = images.list_images(vis_dir), images.list_images(ir_dir)
     for name in names:
-        vis = images.read_grey(os.path.join(tno, "vis", name + ".jpg"))
-        ir_full = images.read_grey(os.path.join(tno, "ir", name + ".jpg"))
+        vis = images.read_grey(vis_files[name])
+        ir_full = images.read_grey(ir_files[name])
         vis, ir = fit_sizes(vis, ir_full, 4)
         for m, fuser in fusers.items():
             # score what a user gets: the 8-bit file
@@ -69,10 +76,11 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--names", default=",".join(HELD_OUT))
-    ap.add_argument("--tno", default=TNO)
+    ap.add_argument("--vis_dir", default=os.path.join(TNO, "vis"))
+    ap.add_argument("--ir_dir", default=os.path.join(TNO, "ir"))
     ap.add_argument("--json")
     args = ap.parse_args()
-    results = validate(args.checkpoint, args.names.split(","), args.tno)
+    results = validate(args.checkpoint, args.names.split(","), args.vis_dir, args.ir_dir)
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:
