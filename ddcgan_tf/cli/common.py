@@ -58,6 +58,11 @@ def run_main(main, prog, needs_tensorflow=True):
             where = e.filename or "?"
             problem = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
             error_exit(prog, f"{where}: {problem}")
+        except Exception as e:  # noqa: BLE001 - only TensorFlow's out-of-memory is turned into one line
+            if type(e).__name__ != "ResourceExhaustedError":
+                raise
+            error_exit(prog, "out of memory: the image is too large to process in one piece "
+                             "(ddcgan-fuse --tile 512 fuses it in tiles)")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if needs_tensorflow:

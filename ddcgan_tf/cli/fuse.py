@@ -1,4 +1,5 @@
 """ddcgan-fuse: fuse a visible/infrared pair (or two directories of pairs) with a generator."""
+import os
 import sys
 
 from absl import flags
@@ -52,6 +53,8 @@ def main(argv):
     missing = [f"--{n}" for n in needed if not FLAGS[n].value]
     if missing:
         raise InputError("flags", f"missing {', '.join(missing)}")
+    if single:
+        check_output_path(FLAGS.output)  # before any work
     checkpoint = FLAGS.checkpoint or default_checkpoint("vis-ir")
     fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode), jit_compile=FLAGS.jit_compile)
     if single:
@@ -69,6 +72,17 @@ def main(argv):
         sys.exit(EXIT_BAD_INPUT)
 
 
+def check_output_path(path):
+    """An output image path must have a supported extension and an existing directory."""
+    from ddcgan_tf import images
+
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in images.IMAGE_EXTENSIONS:
+        raise InputError(path, f"unsupported output format {ext or '(none)'!r} "
+                               f"(use one of {', '.join(images.IMAGE_EXTENSIONS)})")
+    images.check_output_dir(os.path.dirname(os.path.abspath(path)))
+
+
 def fuse_pet_mri_cli():
     from ddcgan_tf import images
     from ddcgan_tf.checkpoint import load_generator
@@ -79,6 +93,7 @@ def fuse_pet_mri_cli():
     missing = [f"--{n}" for n in ("mri", "pet", "output") if not FLAGS[n].value]
     if missing:
         raise InputError("flags", f"pet-mri mode needs {', '.join(missing)}")
+    check_output_path(FLAGS.output)
     raw_mri = images.read_raw(FLAGS.mri)
     if images.is_colour(FLAGS.mri):
         raise InputError(FLAGS.mri, f"the MRI must be a grey image, got {raw_mri.shape[-1]} colour channels")
