@@ -9,7 +9,9 @@
   4. while L_G > L_Gmax (and fewer than I_max G steps in all): a G step on L_G.
 
 Every loss that decides a repeat is recomputed after the step before it, as the official
-`sess.run` calls do. The repeats are `tf.while_loop`s, so with `fit` there is no
+`sess.run` calls do; the D steps of one phase share one generator output (G does not change
+during them). The step returns g_loss, g_adv, ir_loss, grad_loss, dv_loss, di_loss, the mean
+D scores (dv_real, dv_fake, di_real, di_fake), dv_steps, di_steps, g_steps and lr. The repeats are `tf.while_loop`s, so with `fit` there is no
 Python-side sync per step. Every optimizer step reads the learning rate
 lr0 * rate ** (count / steps_per_epoch), where `count` is the number of optimizer steps so
 far (official: every `minimize` increments the shared `global_step`) or of batches (paper).
@@ -24,8 +26,6 @@ from ddcgan_tf.generator import Generator
 from ddcgan_tf.optimizers import TF1RMSprop, decayed_learning_rate
 
 SCHEDULE_KEYS = ("l_max", "l_min", "g_max", "max_repeats")
-METRIC_NAMES = ("g_loss", "g_adv", "ir_loss", "grad_loss", "dv_loss", "di_loss",
-                "dv_real", "dv_fake", "di_real", "di_fake", "dv_steps", "di_steps", "g_steps", "lr")
 
 
 @keras.saving.register_keras_serializable(package="ddcgan_tf")
