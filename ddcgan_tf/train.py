@@ -90,6 +90,8 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     image stay float32; the convolutions run in 16 bit. Meant for GPUs; works on the CPU.
     """
     model_dir = os.fspath(model_dir)
+    # first: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op
+    distribution = make_strategy(strategy)
     _check_positive("--steps", steps, allow_none=True)
     _check_positive("--epochs", epochs)
     _check_positive("--checkpoint_every", checkpoint_every)
@@ -122,7 +124,6 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     if mixed_precision not in (None, "float32", "mixed_bfloat16", "mixed_float16"):
         raise InputError("--mixed_precision", f"must be mixed_bfloat16 or mixed_float16, got {mixed_precision!r}")
     keras.mixed_precision.set_global_policy(mixed_precision or "float32")
-    distribution = make_strategy(strategy)
     with distribution.scope():
         model = build_model(train_config=cfg, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
                             **model_options)
