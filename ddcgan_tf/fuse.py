@@ -28,12 +28,17 @@ class Fuser:
         self._fn = tf.function(lambda v, i: generator((v, i), training=False),
                                input_signature=(spec, spec), jit_compile=jit_compile)
 
-    def __call__(self, vis, ir, resize=False, vis_name="visible image", ir_name="infrared image"):
-        """vis (H, W) and ir (H/s, W/s) float arrays in [0, 1] -> fused (H, W) float32 in [0, 1]."""
+    def prepare(self, vis, ir, resize=False, vis_name="visible image", ir_name="infrared image"):
+        """float32 arrays of valid sizes (the resize rule applied if asked); InputError otherwise."""
         vis, ir = np.asarray(vis, np.float32), np.asarray(ir, np.float32)
         if resize:
             vis, ir = fit_sizes(vis, ir, self.scale)
         check_sizes(vis.shape, ir.shape, self.scale, vis_name, ir_name)
+        return vis, ir
+
+    def __call__(self, vis, ir, resize=False, vis_name="visible image", ir_name="infrared image"):
+        """vis (H, W) and ir (H/s, W/s) float arrays in [0, 1] -> fused (H, W) float32 in [0, 1]."""
+        vis, ir = self.prepare(vis, ir, resize, vis_name, ir_name)
         out = self._fn(vis[None, ..., None], ir[None, ..., None])
         return out.numpy()[0, ..., 0]
 
@@ -56,10 +61,8 @@ def fit_sizes(vis, ir, scale):
 def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=False, tile=None):
     """Reads a pair, fuses it (in overlapping tiles of side `tile` if given; see tiling.py) and
     writes an 8-bit image (no min-max stretch unless asked)."""
-    vis, ir = images.read_grey(vis_path), images.read_grey(ir_path)
-    if resize:
-        vis, ir = fit_sizes(vis, ir, fuser.scale)
-    check_sizes(vis.shape, ir.shape, fuser.scale, os.fspath(vis_path), os.fspath(ir_path))
+    vis, ir = fuser.prepare(images.read_grey(vis_path), images.read_grey(ir_path), resize,
+                            os.fspath(vis_path), os.fspath(ir_path))
     if tile:
         from ddcgan_tf.tiling import fuse_tiled
         fused = fuse_tiled(fuser, vis, ir, tile=tile)

@@ -252,6 +252,15 @@ def _remove_quietly(path):
         pass
 
 
+def write_text(path, text):
+    """Writes a text file atomically (temporary name, then rename)."""
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+    atomic_write(path, write, suffix=os.path.splitext(os.fspath(path))[1])
+
+
 def write_image(path, image, stretch=False):
     """Writes a [0, 1] float grey (H x W) or RGB (H x W x 3) image as 8-bit, atomically."""
     data = to_uint8(image, stretch=stretch)

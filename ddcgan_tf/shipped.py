@@ -14,7 +14,7 @@ import shutil
 
 from ddcgan_tf.checkpoint import GENERATOR_FILE, load_generator, read_configs, save_generator
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.images import atomic_write
+from ddcgan_tf.images import atomic_write, write_text
 
 CHECKPOINT_ROOT = os.environ.get(
     "DDCGAN_CHECKPOINTS",
@@ -50,11 +50,5 @@ def ship(checkpoint, mode, run_info=None, validation=None, root=CHECKPOINT_ROOT)
                 "machine": {"platform": platform.platform(), "processor": platform.processor() or
                             platform.machine(), "cpu_count": os.cpu_count()},
                 **(run_info or {}), "validation": validation or {}}
-    text = json.dumps(manifest, indent=2, sort_keys=True, default=float)
-
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text + "\n")
-
-    atomic_write(os.path.join(out, MANIFEST_FILE), write, suffix=".json")
+    write_text(os.path.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2, sort_keys=True, default=float) + "\n")
     return out

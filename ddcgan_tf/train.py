@@ -14,7 +14,7 @@ from ddcgan_tf.checkpoint import CheckpointManager, latest_checkpoint
 from ddcgan_tf.data import make_dataset
 from ddcgan_tf.ddcgan import DDcGAN
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.images import atomic_write, check_output_dir, probe_writable
+from ddcgan_tf.images import check_output_dir, probe_writable, write_text
 
 SCALES = (1, 2, 4, 8)
 
@@ -138,7 +138,7 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
                  "strategy": strategy, "replicas": distribution.num_replicas_in_sync,
                  "mixed_precision": mixed_precision or "float32"})
     step_log = os.path.join(model_dir, "steps.jsonl")
-    cb.trim_step_log(step_log, done, _write_text)  # a killed run may have logged past its checkpoint
+    cb.trim_step_log(step_log, done, write_text)  # a killed run may have logged past its checkpoint
     if done >= total:
         return model
     guard = cb.NaNGuard()
@@ -165,12 +165,4 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
 
 
 def _write_json(path, obj):
-    _write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
-
-
-def _write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-
-    atomic_write(path, write, suffix=os.path.splitext(path)[1])
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))

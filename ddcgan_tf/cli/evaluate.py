@@ -21,7 +21,7 @@ from absl import flags
 from ddcgan_tf import metrics
 from ddcgan_tf.cli.common import run_main
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.images import atomic_write, pair_by_name, read_grey
+from ddcgan_tf.images import pair_by_name, read_grey, write_text
 
 FORMATS = ("md", "csv", "json")
 PROG = "ddcgan-evaluate"
@@ -178,10 +178,7 @@ def main(argv):
     n_up = sum(1 for r in rows if "PSNR_lr" in r and not math.isnan(r["PSNR_lr"]))
     text = format_table(rows, mean, fmt, header_line(convention, len(rows), n_up))
     if FLAGS.output:
-        def write(tmp):
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        atomic_write(os.path.abspath(FLAGS.output), write)
+        write_text(os.path.abspath(FLAGS.output), text)
     print(text, end="")
     if failures:
         print(f"{PROG}: error: {len(failures)} triple(s) could not be evaluated:", file=sys.stderr)
