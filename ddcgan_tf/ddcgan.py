@@ -10,7 +10,8 @@
 
 Every loss that decides a repeat is recomputed after the step before it, as the official
 `sess.run` calls do; the D steps of one phase share one generator output (G does not change
-during them). The step returns g_loss, g_adv, ir_loss, grad_loss, dv_loss, di_loss, the mean
+during them), and phase 2 takes it from the forward pass that evaluated the losses after
+the G step, so a batch costs three G forward passes and one backward pass when nothing repeats. The step returns g_loss, g_adv, ir_loss, grad_loss, dv_loss, di_loss, the mean
 D scores (dv_real, dv_fake, di_real, di_fake), dv_steps, di_steps, g_steps and lr. The repeats are `tf.while_loop`s, so with `fit` there is no
 Python-side sync per step. Every optimizer step reads the learning rate
 lr0 * rate ** (count / steps_per_epoch), where `count` is the number of optimizer steps so
@@ -183,6 +184,10 @@ class DDcGAN(keras.Model):
 
     def _g_losses(self, vis, ir):
         """Forward pass of everything: every loss and the mean discriminator scores."""
+        return self._g_forward(vis, ir)[0]
+
+    def _g_forward(self, vis, ir):
+        """(_g_losses, the generator's output and its psi, gradient-free) from one G forward pass."""
         cfg = self.train_config
         fused = self._generate(vis, ir)
         fused_lr = losses.downsample(fused, self.scale)
@@ -192,11 +197,12 @@ class DDcGAN(keras.Model):
         ir_term, grad_term = losses.content_terms(fused, vis, ir, self.scale)
         g_loss = losses.generator_loss(g_adv, ir_term, grad_term, cfg.content_weight,
                                        cfg.grad_weight, cfg.ir_weight)
-        return {"g_loss": g_loss, "g_adv": g_adv, "ir_loss": ir_term, "grad_loss": grad_term,
-                "dv_loss": losses.discriminator_loss(dv_real, dv_fake),
-                "di_loss": losses.discriminator_loss(di_real, di_fake),
-                "dv_real": tf.reduce_mean(dv_real), "dv_fake": tf.reduce_mean(dv_fake),
-                "di_real": tf.reduce_mean(di_real), "di_fake": tf.reduce_mean(di_fake)}
+        out = {"g_loss": g_loss, "g_adv": g_adv, "ir_loss": ir_term, "grad_loss": grad_term,
+               "dv_loss": losses.discriminator_loss(dv_real, dv_fake),
+               "di_loss": losses.discriminator_loss(di_real, di_fake),
+               "dv_real": tf.reduce_mean(dv_real), "dv_fake": tf.reduce_mean(dv_fake),
+               "di_real": tf.reduce_mean(di_real), "di_fake": tf.reduce_mean(di_fake)}
+        return out, (tf.stop_gradient(fused), tf.stop_gradient(fused_lr))
 
     def _repeat_d(self, disc, optimizer, loss_fn, data, loss, steps):
         """Step 2 for one discriminator: repeat while its loss > L_max, up to I_max steps."""
@@ -222,6 +228,18 @@ class DDcGAN(keras.Model):
             body, (out, steps))
 
     # ------------------------------------------------------------------ the step
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Skips Keras's build-from-a-sample-batch when compile() has built every variable.
+
+        Keras (3.x TF trainer) averages a sample batch with an eager `strategy.reduce` to build
+        the model symbolically; under MultiWorkerMirroredStrategy that eager reduce of a
+        PerReplica batch fails ("Attempt to convert a value (PerReplica ...) to a Tensor").
+        There is nothing left to build here, so nothing is reduced.
+        """
+        if all(layer.built for layer in self._flatten_layers()) and self.train_config is not None:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def make_train_function(self, force=False):
         """Under a multi-replica strategy, runs `train_step` in the cross-replica context.
 
@@ -250,11 +268,12 @@ class DDcGAN(keras.Model):
         self._update(self.dv_optimizer, self.dv.trainable_variables, self._dv_loss, vis, *fakes)
         self._update(self.di_optimizer, self.di.trainable_variables, self._di_loss, ir, *fakes)
         self._update(self.g_optimizer, g_vars, lambda v, i: self._g_losses(v, i)["g_loss"], vis, ir)
-        out = self._mean(self._replicas(self._g_losses, vis, ir))
+        out, fakes = self._replicas(self._g_forward, vis, ir)
+        out = self._mean(out)
         g_max = self.schedule["g_max"] * (out["g_loss"] if cfg.g_max_relative else 1.0)
 
-        # 2. Discriminators repeat while they are losing (G is fixed: one generator output).
-        fakes = self._replicas(self._fakes, vis, ir)
+        # 2. Discriminators repeat while they are losing. G is fixed during them, so they all use
+        #    the output of the forward pass that evaluated the losses above (no second G pass).
         out["dv_loss"], dv_steps = self._repeat_d(self.dv, self.dv_optimizer, self._dv_loss,
                                                   (vis, *fakes), out["dv_loss"], one)
         out["di_loss"], di_steps = self._repeat_d(self.di, self.di_optimizer, self._di_loss,

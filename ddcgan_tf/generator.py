@@ -47,7 +47,9 @@ class Generator(keras.Model):
         d = C.DECODER_FILTERS
         self.decoder_convs = [conv(d[0], "decoder_conv2_1"), conv(d[1], "decoder_conv2_2"),
                               conv(d[2], "decoder_conv2_3"), conv(d[3], "decoder_conv2_4"),
-                              conv(d[4], "decoder_conv2_5", use_bn=False, relu=False)]
+                              # float32 under a mixed policy too: a 32->1 conv costs nothing,
+                              # and bfloat16 would quantise the fused image to 8 mantissa bits
+                              conv(d[4], "decoder_conv2_5", use_bn=False, relu=False, dtype="float32")]
 
     def build(self, input_shape=None):
         # Shapes do not depend on H, W: build every layer from the channel counts.
@@ -86,7 +88,7 @@ class Generator(keras.Model):
         x = first(x, **kw)
         for layer in self.decoder_convs[1:]:
             x = layer(x, **kw)
-        return tf.cast(tf.tanh(x), tf.float32) / 2.0 + 0.5  # the fused image is always float32
+        return tf.tanh(x) / 2.0 + 0.5  # float32: the last conv computes in float32
 
     def get_config(self):
         return {"name": self.name, "scale": self.scale, "official_decoder": self.official_decoder,

@@ -132,19 +132,21 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     total = int(steps) if steps else epochs * steps_per_epoch
     log(f"{'resumed from ' + restored if restored else 'new run'}: {done} of {total} batches done; "
         f"{len(patches)} patches, {steps_per_epoch} batches per epoch")
-    _write_json(os.path.join(model_dir, "config.json"),
-                {"model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
-                 "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch,
-                 "strategy": strategy, "replicas": distribution.num_replicas_in_sync,
-                 "mixed_precision": mixed_precision or "float32"})
+    chief = is_chief()
+    if chief:  # only the chief writes (MultiWorkerMirroredStrategy)
+        _write_json(os.path.join(model_dir, "config.json"),
+                    {"model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
+                     "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch,
+                     "strategy": strategy, "replicas": distribution.num_replicas_in_sync,
+                     "mixed_precision": mixed_precision or "float32"})
     step_log = os.path.join(model_dir, "steps.jsonl")
-    cb.trim_step_log(step_log, done, write_text)  # a killed run may have logged past its checkpoint
+    if chief:  # a killed run may have logged past its checkpoint
+        cb.trim_step_log(step_log, done, write_text)
     if done >= total:
         return model
     guard = cb.NaNGuard()
     # StepLog before Checkpoint: a saved step is always logged already
     callbacks = [cb.StopAtStep(total), guard]
-    chief = is_chief()
     if chief:
         callbacks += [cb.StepLog(step_log), cb.Checkpoint(manager, checkpoint_every)]
     if tensorboard and chief:
