@@ -1,9 +1,10 @@
 """Speed of the training step and of fusing on this machine (prints numbers; not a test).
 
-  python benchmarks/bench.py [--batch 24] [--repeats 3] [--quick]
+  python benchmarks/bench.py [--batch 24] [--repeats 3] [--quick] [--mixed_precision mixed_bfloat16]
 
 Train step = one batch of the schedule with I_max = 1 (exactly one Dv, one Di and one G step,
 plus the loss evaluations the schedule needs), timed eager, under tf.function and with XLA.
+--mixed_precision mixed_bfloat16 times everything under that Keras policy.
 """
 import argparse
 import os
@@ -12,6 +13,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
@@ -53,10 +55,15 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="skip eager and the 2048x2048 fuse")
     ap.add_argument("--official_decoder", type=int, default=1)
+    ap.add_argument("--mixed_precision", default="float32",
+                    choices=["float32", "mixed_bfloat16", "mixed_float16"])
     args = ap.parse_args()
+    keras.mixed_precision.set_global_policy(args.mixed_precision)
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, devices: "
           f"{[d.device_type for d in tf.config.list_physical_devices()]}, "
-          f"oneDNN={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}")
+          f"oneDNN={os.environ.get('TF_ENABLE_ONEDNN_OPTS', 'default')}, policy {args.mixed_precision}")
+    peak = matmul_gflops()
+    print(f"matmul 2048^3 float32 (practical peak): {peak:.1f} GFLOP/s")
     rng = np.random.default_rng(0)
     b = args.batch
     data = (tf.constant(rng.random((b, 84, 84, 1), np.float32)),
@@ -71,14 +78,16 @@ def main():
     for name, fn in modes:
         first, t = timed(lambda: {k: v.numpy() for k, v in fn(data).items()}, args.repeats)
         step_times[name] = t
+        # I_max = 1: three generator forward passes and one backward pass (~2 forward passes);
+        # the discriminators add under 1 %
+        step_flops = 5 * generator_flops(84, 84, bool(args.official_decoder)) * b
         print(f"train step, batch {b}, {name:11s}: first {first:7.2f} s, steady {t:7.2f} s, "
-              f"{b / t:6.2f} patches/s")
+              f"{b / t:6.2f} patches/s, {step_flops / t / 1e9:6.1f} GFLOP/s "
+              f"({100 * step_flops / t / 1e9 / peak:4.0f}% of matmul)")
     if "eager" in step_times:
         for name in ("tf.function", "XLA"):
             print(f"  speed-up over eager, {name}: {step_times['eager'] / step_times[name]:.2f}x")
 
-    peak = matmul_gflops()
-    print(f"matmul 2048^3 (practical peak): {peak:.1f} GFLOP/s")
     gen = model.generator
     sizes = [(256, 256), (576, 768)] + ([] if args.quick else [(2048, 2048)])
     for jit in (False, True):
