@@ -24,9 +24,12 @@ SCRIPT = textwrap.dedent("""
         out = {k: float(v) for k, v in tf.function(m.train_step)(data).items()}
         conv = m.generator.encoder_conv.conv
         fused = m.generator(data)
+        # the output is computed in float32, not rounded to the 16-bit type and widened
+        rounded = tf.cast(tf.cast(fused, conv.compute_dtype), tf.float32)
+        finer = float(tf.reduce_mean(tf.cast(rounded != fused, tf.float32))) > 0.5
         print("RESULT", policy, all(np.isfinite(list(out.values()))), out["g_loss"],
               conv.compute_dtype, conv.kernel.dtype, m.generator.encoder_conv.bn.gamma.dtype,
-              fused.dtype.name, type(m.g_optimizer).__name__)
+              fused.dtype.name, finer, type(m.g_optimizer).__name__)
 """)
 
 
@@ -36,8 +39,8 @@ def test_mixed_precision_trains_on_the_cpu():
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [line.split()[1:] for line in r.stdout.splitlines() if line.startswith("RESULT")]
     assert [row[0] for row in rows] == ["mixed_bfloat16", "mixed_float16"]
-    for policy, finite, g_loss, compute, kernel, gamma, fused, optimizer in rows:
+    for policy, finite, g_loss, compute, kernel, gamma, fused, finer, optimizer in rows:
         assert finite == "True" and 0 < float(g_loss) < 1e4
         assert compute == policy.split("_")[1] and kernel == "float32" and gamma == "float32"
-        assert fused == "float32"
+        assert fused == "float32" and finer == "True"
     assert rows[0][-1] == "TF1RMSprop" and rows[1][-1] == "LossScaleOptimizer"
