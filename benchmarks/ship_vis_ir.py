@@ -1,0 +1,65 @@
+"""Validates a visible/infrared training checkpoint on the held-out TNO scenes and ships it.
+
+  python benchmarks/ship_vis_ir.py --checkpoint runs/tno/ckpt-00000900.h5 --model_dir runs/tno \
+      --command "ddcgan-train ..." [--notes "..."] [--dry_run]
+
+Writes checkpoints/vis-ir/{generator.h5, train_state.h5, manifest.json} (ddcgan_tf.shipped.ship).
+The manifest keeps the data description of the manifest it replaces and adds up the wall time:
+the replaced manifest's `wall_time_s` plus the batches of model_dir/steps.jsonl after its
+`steps` (a gap over 10 minutes between two batches, a restart, counts as one median batch).
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+
+from ddcgan_tf.checkpoint import read_configs
+from ddcgan_tf.shipped import CHECKPOINT_ROOT, MANIFEST_FILE, ship
+from validate_tno import HELD_OUT, OFFICIAL, table, validate
+
+
+def training_seconds(step_log, after_step):
+    rows = [json.loads(line) for line in open(step_log)]
+    times = [r["time"] for r in rows if r["step"] > after_step]
+    gaps = np.diff(times)
+    if not len(gaps):
+        return 0.0
+    typical = float(np.median(gaps))
+    return float(np.sum(np.where(gaps > 600, typical, gaps)) + typical)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", required=True, help="a ckpt-*.h5 training checkpoint")
+    ap.add_argument("--model_dir", required=True, help="its run directory (steps.jsonl, config.json)")
+    ap.add_argument("--command", required=True, help="the ddcgan-train command that resumes it")
+    ap.add_argument("--notes", default="")
+    ap.add_argument("--dry_run", action="store_true", help="validate and print; ship nothing")
+    args = ap.parse_args()
+
+    previous = json.load(open(os.path.join(CHECKPOINT_ROOT, "vis-ir", MANIFEST_FILE)))
+    config = json.load(open(os.path.join(args.model_dir, "config.json")))
+    steps = int(os.path.basename(args.checkpoint).split("-")[1].split(".")[0])
+    _, train_config = read_configs(args.checkpoint)
+    results = validate(args.checkpoint, HELD_OUT)
+    print(table(results))
+    wall = previous["wall_time_s"] + training_seconds(os.path.join(args.model_dir, "steps.jsonl"),
+                                                      previous["steps"])
+    run_info = {
+        "batch_size": config["batch_size"], "command": args.command, "data": previous["data"],
+        "patches": config["patches"], "steps": steps, "steps_per_epoch": config["steps_per_epoch"],
+        "epochs": round(steps / config["steps_per_epoch"], 4), "wall_time_s": round(wall, 1),
+        "mixed_precision": config.get("mixed_precision", "float32"), "notes": args.notes,
+    }
+    validation = {"protocol": previous["validation"].get("protocol"), "scenes": list(HELD_OUT),
+                  "official_ddcgan_20_pairs": OFFICIAL,
+                  **{("average_fusion_baseline" if m == "average" else f"bn_{m}"): r["mean"]
+                     for m, r in results.items()}}
+    print(json.dumps(run_info, indent=1), f"train config preset: {train_config.get('preset')}")
+    if not args.dry_run:
+        print("shipped to", ship(args.checkpoint, "vis-ir", run_info, validation))
+
+
+if __name__ == "__main__":
+    main()
