@@ -39,8 +39,8 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
                   "Distribution: one device, all local devices (MirroredStrategy), or a cluster "
                   "described by TF_CONFIG (MultiWorkerMirroredStrategy; see README).")
 flags.DEFINE_enum("mixed_precision", None, ["mixed_bfloat16", "mixed_float16"],
-                  "16-bit convolutions (float16 uses loss scaling; bfloat16 also halves the step on "
-                  "CPUs with AVX512-BF16). Default: float32.")
+                  "16-bit convolutions (float16 uses loss scaling; bfloat16 halves the step on CPUs "
+                  "with AVX512-BF16 but has hit non-finite outputs there, see README). Default: float32.")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 flags.mark_flags_as_required(["data", "model_dir"])
 
