@@ -14,14 +14,14 @@ import os
 
 import numpy as np
 
-from ddcgan_tf.checkpoint import read_configs
+from ddcgan_tf.callbacks import read_step_log
+from ddcgan_tf.checkpoint import PATTERN
 from ddcgan_tf.shipped import CHECKPOINT_ROOT, MANIFEST_FILE, ship
 from validate_tno import HELD_OUT, OFFICIAL, table, validate
 
 
 def training_seconds(step_log, after_step):
-    rows = [json.loads(line) for line in open(step_log)]
-    times = [r["time"] for r in rows if r["step"] > after_step]
+    times = [r["time"] for r in read_step_log(step_log) if r["step"] > after_step]
     gaps = np.diff(times)
     if not len(gaps):
         return 0.0
@@ -40,8 +40,10 @@ def main():
 
     previous = json.load(open(os.path.join(CHECKPOINT_ROOT, "vis-ir", MANIFEST_FILE)))
     config = json.load(open(os.path.join(args.model_dir, "config.json")))
-    steps = int(os.path.basename(args.checkpoint).split("-")[1].split(".")[0])
-    _, train_config = read_configs(args.checkpoint)
+    match = PATTERN.match(os.path.basename(args.checkpoint))
+    if not match:
+        ap.error(f"{args.checkpoint}: not a ckpt-<batch>.h5 training checkpoint")
+    steps = int(match.group(1))
     results = validate(args.checkpoint, HELD_OUT)
     print(table(results))
     wall = previous["wall_time_s"] + training_seconds(os.path.join(args.model_dir, "steps.jsonl"),
@@ -56,7 +58,7 @@ def main():
                   "official_ddcgan_20_pairs": OFFICIAL,
                   **{("average_fusion_baseline" if m == "average" else f"bn_{m}"): r["mean"]
                      for m, r in results.items()}}
-    print(json.dumps(run_info, indent=1), f"train config preset: {train_config.get('preset')}")
+    print(json.dumps(run_info, indent=1))
     if not args.dry_run:
         print("shipped to", ship(args.checkpoint, "vis-ir", run_info, validation))
 
