@@ -67,7 +67,7 @@ def is_chief():
 def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset="official",
           overrides=None, scale=C.SCALE, official_decoder=True, bn_mode="batch",
           checkpoint_every=100, keep=3, jit_compile=False, seed=None, tensorboard=True,
-          verbose=1, sample_every=100, strategy="default", mixed_precision=None):
+          verbose=1, sample_every=100, strategy="default", mixed_precision=None, nan_retries=0):
     """Trains (or resumes) a DDcGAN on an HDF5 patch set; returns the model.
 
     A model_dir that already holds checkpoints is resumed: the newest checkpoint restores the
@@ -88,6 +88,10 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     mixed_precision: None, "mixed_bfloat16" or "mixed_float16" (with loss scaling): the Keras
     global dtype policy, set before the model is built. Variables, BN, losses and the fused
     image stay float32; the convolutions run in 16 bit. Meant for GPUs; works on the CPU.
+    nan_retries: after a non-finite loss, restore the last good checkpoint and go on with the
+    next batches of the data stream, up to this many times in this call (each one reported on
+    stderr); 0 stops at the first. For transient faults (the bfloat16 CPU kernels, WORKSPACE.md);
+    a real divergence recurs and still ends in TrainingDiverged.
     """
     model_dir = os.fspath(model_dir)
     # first: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op
@@ -97,6 +101,11 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     _check_positive("--checkpoint_every", checkpoint_every)
     _check_positive("--keep", keep)
     _check_positive("--sample_every", sample_every)
+    if isinstance(nan_retries, bool) or not isinstance(nan_retries, int) or nan_retries < 0:
+        raise InputError("--nan_retries", f"must be a non-negative integer, got {nan_retries!r}")
+    if nan_retries and strategy == "multiworker":
+        raise InputError("--nan_retries", "is not supported with --strategy multiworker (only the "
+                                          "chief holds the checkpoints to restore)")
     if scale not in SCALES:
         raise InputError("--scale", f"must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
     check_output_dir(model_dir, create=True)
@@ -154,15 +163,27 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         check_output_dir(log_dir, create=True)
         vis, ir = next(iter(dataset.take(1)))
         callbacks.append(cb.SampleImages(log_dir, vis[:3], ir[:3], sample_every))
-    start = time.time()
-    model.fit(dataset, epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch,
-              steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
-    if guard.bad:
+    start, first = time.time(), done
+    for attempt in range(nan_retries + 1):
+        guard.bad, model.diverged = None, False
+        model.fit(dataset, epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch,
+                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+        if not guard.bad:
+            break
         step, keys = guard.bad
         good = latest_checkpoint(model_dir)
-        kept = f"last good checkpoint kept: {good}" if good else f"no checkpoint saved yet in {model_dir}"
-        raise TrainingDiverged(f"non-finite {', '.join(keys)} at batch {step}; training stopped, {kept}")
-    log(f"trained {int(model.batch_count.numpy()) - done} batches in {time.time() - start:.1f} s")
+        problem = f"non-finite {', '.join(keys)} at batch {step}"
+        if attempt == nan_retries or not good:
+            kept = f"last good checkpoint kept: {good}" if good else f"no checkpoint saved yet in {model_dir}"
+            retried = f" (after {attempt} {'retry' if attempt == 1 else 'retries'})" if attempt else ""
+            raise TrainingDiverged(f"{problem}{retried}; training stopped, {kept}")
+        good = manager.restore_latest(model)
+        done = int(model.batch_count.numpy())
+        if chief:
+            cb.trim_step_log(step_log, done, write_text)
+        print(f"warning: {problem}; retry {attempt + 1} of {nan_retries} from {good} with fresh batches",
+              file=sys.stderr)
+    log(f"trained {int(model.batch_count.numpy()) - first} batches in {time.time() - start:.1f} s")
     return model
 
 

@@ -11,6 +11,7 @@ from ddcgan_tf import checkpoint as ckpt
 from ddcgan_tf import config as C
 from ddcgan_tf import losses
 from ddcgan_tf.data import make_dataset
+from ddcgan_tf.errors import InputError
 from ddcgan_tf.train import TrainingDiverged, build_model, train
 
 
@@ -66,7 +67,8 @@ def test_resume_refuses_other_settings(small_patch_set, tmp_path):
               tensorboard=False, verbose=0)
 
 
-def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("retries", [0, 2])
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, retries):
     path = str(tmp_path / "nan.h5")
     rng = np.random.default_rng(0)
     vis = rng.random((8, 32, 32, 1)).astype(np.float32)
@@ -79,9 +81,47 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(train_module, "make_dataset",
                         lambda *a, **k: make_dataset(*a, **{**k, "shuffle": False}))
-    with pytest.raises(TrainingDiverged, match="non-finite"):
-        train(path, model_dir, steps=4, batch_size=4, checkpoint_every=1, tensorboard=False, verbose=0)
-    assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [1]
+    # every other batch is poisoned: each retry restores the last checkpoint, trains one clean
+    # batch and meets the next poisoned one; once the retries are spent the run stops
+    last = 2 + retries
+    expected = f"non-finite .* at batch {last}" + (f" \\(after {retries} retries\\)" if retries else "; training")
+    with pytest.raises(TrainingDiverged, match=expected):
+        train(path, model_dir, steps=6, batch_size=4, checkpoint_every=1, tensorboard=False, verbose=0,
+              nan_retries=retries)
+    assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == list(range(1, last))[-3:]
+    assert steps_logged(model_dir) == list(range(1, last + 1))
     model = build_model(patch_size=32)
     ckpt.load_state(model, ckpt.latest_checkpoint(model_dir))
     assert all(np.all(np.isfinite(v.numpy())) for v in model.weights)
+
+
+def test_nan_retries_restore_the_last_checkpoint_after_a_transient_fault(small_patch_set, tmp_path,
+                                                                        monkeypatch, capsys):
+    import ddcgan_tf.train as train_module
+
+    passes = []
+
+    def flaky_dataset(*a, **k):  # the third batch of the first pass only is non-finite
+        ds, patches = make_dataset(*a, **k)
+
+        def batches():
+            passes.append(1)
+            for n, (vis, ir) in enumerate(ds):
+                yield (vis * np.nan if len(passes) == 1 and n == 2 else vis), ir
+
+        return tf.data.Dataset.from_generator(batches, output_signature=ds.element_spec), patches
+
+    monkeypatch.setattr(train_module, "make_dataset", flaky_dataset)
+    model_dir = str(tmp_path / "run")
+    model = train(small_patch_set, model_dir, steps=5, batch_size=4, checkpoint_every=2, tensorboard=False,
+                  verbose=0, seed=0, nan_retries=1)
+    assert "non-finite" in capsys.readouterr().err and len(passes) == 2
+    assert int(model.batch_count.numpy()) == 5
+    assert all(np.all(np.isfinite(v.numpy())) for v in model.weights)
+    assert steps_logged(model_dir) == [1, 2, 3, 4, 5]  # the failed batch 3 was logged, then trimmed
+    assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [2, 4, 5]
+
+
+def test_nan_retries_must_be_a_count(small_patch_set, tmp_path):
+    with pytest.raises(InputError, match="--nan_retries"):
+        train(small_patch_set, str(tmp_path / "run"), steps=1, nan_retries=-1)

@@ -41,6 +41,8 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
 flags.DEFINE_enum("mixed_precision", None, ["mixed_bfloat16", "mixed_float16"],
                   "16-bit convolutions (float16 uses loss scaling; bfloat16 halves the step on CPUs "
                   "with AVX512-BF16 but has hit non-finite outputs there, see README). Default: float32.")
+flags.DEFINE_integer("nan_retries", 0, "After a non-finite loss, restore the last checkpoint and go on with "
+                     "the next batches, up to N times (for transient faults such as bfloat16 on a CPU).")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 flags.mark_flags_as_required(["data", "model_dir"])
 
@@ -61,7 +63,8 @@ def main(argv):
               scale=FLAGS.scale, official_decoder=FLAGS.official_decoder, bn_mode=FLAGS.bn_mode,
               checkpoint_every=FLAGS.checkpoint_every, keep=FLAGS.keep, jit_compile=FLAGS.jit_compile,
               seed=FLAGS.seed, tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose,
-              strategy=FLAGS.strategy, mixed_precision=FLAGS.mixed_precision)
+              strategy=FLAGS.strategy, mixed_precision=FLAGS.mixed_precision,
+              nan_retries=FLAGS.nan_retries)
     except TrainingDiverged as e:
         error_exit("ddcgan-train", e, EXIT_DIVERGED)
 
