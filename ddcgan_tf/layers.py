@@ -12,6 +12,15 @@ from ddcgan_tf import config as C
 BN_MODES = ("batch", "moving")
 
 
+FUSED = True  # use the fused batch-statistics kernel where no cross-replica statistics are needed
+
+
+def _replicated(training):
+    """True when BN must pool its statistics over several replicas (synchronised BN)."""
+    ctx = tf.distribute.get_replica_context()
+    return training and ctx is not None and ctx.num_replicas_in_sync > 1
+
+
 @keras.saving.register_keras_serializable(package="ddcgan_tf")
 class BatchNorm(keras.layers.Layer):
     """Batch normalisation with an explicit choice of statistics outside training.
@@ -47,6 +56,8 @@ class BatchNorm(keras.layers.Layer):
         # Statistics and normalisation in float32 also under a mixed-precision policy.
         dtype = x.dtype
         x = tf.cast(x, tf.float32)
+        if (training or self.mode == "batch") and FUSED and not _replicated(training):
+            return self._fused(x, training and update, dtype)
         if training or self.mode == "batch":
             mean, variance = self._moments(x, synchronise=training)
             if training and update:
@@ -57,6 +68,23 @@ class BatchNorm(keras.layers.Layer):
             mean, variance = self.moving_mean.value, self.moving_variance.value
         out = tf.nn.batch_normalization(x, mean, variance, self.beta.value, self.gamma.value, self.epsilon)
         return tf.cast(out, dtype)
+
+    def _fused(self, x, update, dtype):
+        """Batch statistics in one fused kernel (FusedBatchNormV3; oneDNN's on the CPU).
+
+        Same result as tf.nn.moments + tf.nn.batch_normalization (the op normalises with the
+        biased variance); its variance output carries Bessel's correction, undone here so the
+        moving variance is updated with the biased variance as in the unfused path.
+        """
+        y, mean, variance = tf.compat.v1.nn.fused_batch_norm(
+            x, self.gamma.value, self.beta.value, epsilon=self.epsilon, is_training=True)
+        if update:
+            n = tf.cast(tf.reduce_prod(tf.shape(x)[:-1]), tf.float32)
+            variance = variance * (n - 1.0) / tf.maximum(n, 1.0)
+            m = self.momentum
+            self.moving_mean.assign(m * self.moving_mean.value + (1.0 - m) * mean)
+            self.moving_variance.assign(m * self.moving_variance.value + (1.0 - m) * variance)
+        return tf.cast(y, dtype)
 
     @staticmethod
     def _moments(x, synchronise):

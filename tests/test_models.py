@@ -94,6 +94,33 @@ def test_bn_modes_differ_only_outside_training():
     assert not all(np.array_equal(a, v.numpy()) for a, v in zip(before, batch.non_trainable_variables))
 
 
+def test_fused_bn_kernel_matches_the_moments_path(monkeypatch):
+    """The fused BN kernel (used where no replica pooling is needed) gives the tf.nn.moments
+    path's output, gradients and moving-statistics update (biased variance)."""
+    from ddcgan_tf import layers
+
+    x = tf.random.normal((3, 9, 7, 5), mean=2.0, stddev=3.0, seed=5)
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(layers, "FUSED", fused)
+        bn = layers.BatchNorm(mode="batch")
+        bn.build(x.shape)
+        bn.gamma.assign(tf.linspace(0.5, 1.5, 5))
+        bn.beta.assign(tf.linspace(-1.0, 1.0, 5))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = bn(x, training=True)
+            loss = tf.reduce_sum(y * tf.range(5, dtype=tf.float32))
+        grads = tape.gradient(loss, [x, bn.gamma, bn.beta])
+        inference = bn(x + 1.0, training=False)  # batch mode: the input's own statistics
+        results.append([y, *grads, bn.moving_mean, bn.moving_variance, inference])
+    for a, b in zip(*results):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+    # moving variance moved towards the biased batch variance
+    _, variance = tf.nn.moments(x, axes=[0, 1, 2])
+    np.testing.assert_allclose(results[0][5].numpy(), 0.99 + 0.01 * variance.numpy(), rtol=1e-5)
+
+
 def test_scale_one_variant_has_no_deconvs_and_full_size_di():
     model = DDcGAN(scale=1, patch_size=32)
     model.build()
