@@ -90,6 +90,9 @@ WORKER = textwrap.dedent("""
             "cluster": {"worker": ["localhost:" + p for p in ports.split(",")]},
             "task": {"type": "worker", "index": index}})
         strategy = "multiworker"
+    else:  # the replicas pool BN statistics with the two-pass moments; so does the reference
+        from ddcgan_tf import layers  # (the fused kernel's equality is tested in test_models)
+        layers.FUSED = False
     from ddcgan_tf.train import train
     model = train(data, model_dir, steps=3, batch_size=8, seed=0, tensorboard=False, verbose=0,
                   checkpoint_every=3, strategy=strategy,
