@@ -23,11 +23,11 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""
 
 
-def _check_positive(flag, value, allow_none=False):
+def _check_count(flag, value, allow_none=False, allow_zero=False):
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(flag, f"must be a positive integer, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < (0 if allow_zero else 1):
+        raise InputError(flag, f"must be a {'non-negative' if allow_zero else 'positive'} integer, got {value!r}")
 
 
 def build_model(scale=C.SCALE, patch_size=C.PATCH_SIZE, official_decoder=True, bn_mode="batch",
@@ -96,13 +96,12 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     model_dir = os.fspath(model_dir)
     # first: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op
     distribution = make_strategy(strategy)
-    _check_positive("--steps", steps, allow_none=True)
-    _check_positive("--epochs", epochs)
-    _check_positive("--checkpoint_every", checkpoint_every)
-    _check_positive("--keep", keep)
-    _check_positive("--sample_every", sample_every)
-    if isinstance(nan_retries, bool) or not isinstance(nan_retries, int) or nan_retries < 0:
-        raise InputError("--nan_retries", f"must be a non-negative integer, got {nan_retries!r}")
+    _check_count("--steps", steps, allow_none=True)
+    _check_count("--epochs", epochs)
+    _check_count("--checkpoint_every", checkpoint_every)
+    _check_count("--keep", keep)
+    _check_count("--sample_every", sample_every)
+    _check_count("--nan_retries", nan_retries, allow_zero=True)
     if nan_retries and strategy == "multiworker":
         raise InputError("--nan_retries", "is not supported with --strategy multiworker (only the "
                                           "chief holds the checkpoints to restore)")
