@@ -24,7 +24,8 @@ from ddcgan_tf.checkpoint import load_generator  # noqa: E402
 from ddcgan_tf.fuse import Fuser, fit_sizes  # noqa: E402
 
 HELD_OUT = ("soldier_behind_smoke_3", "Marne_24", "wall")
-TNO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data", "tno")
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
+TNO = os.path.join(SHARED, "tno")
 # The official DDcGAN outputs on 20 multi-resolution TNO test pairs (issue "pretrained weights").
 OFFICIAL = {"EN": 7.47, "SD": 48.3, "SF": 13.7, "AG": 5.78, "MI": 1.66, "SCD": 1.64, "VIF": 0.54,
             "Qabf": 0.38, "SSIM": 0.56, "CC": 0.50, "PSNR": 12.9, "PSNR_lr": 14.8, "SSIM_lr": 0.43}
@@ -63,10 +64,12 @@ def validate(checkpoint, names=HELD_OUT, vis_dir=os.path.join(TNO, "vis"), ir_di
     return results
 
 
-def table(results):
+def table(results, official=True):
+    """Markdown table of the mean scores (keys of the official bar), with the bar as first row."""
     keys = list(OFFICIAL)
-    lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys),
-             "| official DDcGAN (20 pairs) | " + " | ".join(f"{OFFICIAL[k]:.4g}" for k in keys) + " |"]
+    lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    if official:
+        lines.append("| official DDcGAN (20 pairs) | " + " | ".join(f"{OFFICIAL[k]:.4g}" for k in keys) + " |")
     for method, r in results.items():
         lines.append(f"| {method} | " + " | ".join(f"{r['mean'][k]:.4g}" for k in keys) + " |")
     return "\n".join(lines)

@@ -1,9 +1,11 @@
-"""Validates a visible/infrared training checkpoint on the held-out TNO scenes and ships it.
+"""Validates a training checkpoint on its held-out pairs and ships it.
 
-  python benchmarks/ship_vis_ir.py --checkpoint runs/tno/ckpt-00000900.h5 --model_dir runs/tno \
-      --command "ddcgan-train ..." [--notes "..."] [--dry_run]
+  python benchmarks/ship.py --checkpoint runs/tno/ckpt-00000900.h5 --model_dir runs/tno \
+      --command "ddcgan-train ..." [--mode pet-mri] [--notes "..."] [--dry_run]
 
-Writes checkpoints/vis-ir/{generator.h5, train_state.h5, manifest.json} (ddcgan_tf.shipped.ship).
+vis-ir is scored on the held-out TNO scenes next to the official DDcGAN numbers; pet-mri on the
+held-out MRI/PET pairs 13 and 14 (there is no official bar for it).
+Writes checkpoints/<mode>/{generator.h5, train_state.h5, manifest.json} (ddcgan_tf.shipped.ship).
 The manifest keeps the data description of the manifest it replaces and adds up the wall time:
 the replaced manifest's `wall_time_s` plus the batches of model_dir/steps.jsonl after its
 `steps` (a gap over 10 minutes between two batches, a restart, counts as one median batch).
@@ -17,7 +19,13 @@ import numpy as np
 from ddcgan_tf.callbacks import read_step_log
 from ddcgan_tf.checkpoint import PATTERN
 from ddcgan_tf.shipped import CHECKPOINT_ROOT, MANIFEST_FILE, ship
-from validate_tno import HELD_OUT, OFFICIAL, table, validate
+from validate_tno import HELD_OUT, OFFICIAL, SHARED, TNO, table, validate
+
+# mode -> (held-out names, high-resolution folder, low-resolution folder)
+HELD_OUT_PAIRS = {
+    "vis-ir": (HELD_OUT, os.path.join(TNO, "vis"), os.path.join(TNO, "ir")),
+    "pet-mri": (("13", "14"), os.path.join(SHARED, "medical", "mri"), os.path.join(SHARED, "medical", "pet")),
+}
 
 
 def training_seconds(step_log, after_step):
@@ -34,18 +42,20 @@ def main():
     ap.add_argument("--checkpoint", required=True, help="a ckpt-*.h5 training checkpoint")
     ap.add_argument("--model_dir", required=True, help="its run directory (steps.jsonl, config.json)")
     ap.add_argument("--command", required=True, help="the ddcgan-train command that resumes it")
+    ap.add_argument("--mode", choices=sorted(HELD_OUT_PAIRS), default="vis-ir")
     ap.add_argument("--notes", default="")
     ap.add_argument("--dry_run", action="store_true", help="validate and print; ship nothing")
     args = ap.parse_args()
 
-    previous = json.load(open(os.path.join(CHECKPOINT_ROOT, "vis-ir", MANIFEST_FILE)))
+    previous = json.load(open(os.path.join(CHECKPOINT_ROOT, args.mode, MANIFEST_FILE)))
     config = json.load(open(os.path.join(args.model_dir, "config.json")))
     match = PATTERN.match(os.path.basename(args.checkpoint))
     if not match:
         ap.error(f"{args.checkpoint}: not a ckpt-<batch>.h5 training checkpoint")
     steps = int(match.group(1))
-    results = validate(args.checkpoint, HELD_OUT)
-    print(table(results))
+    names, high_dir, low_dir = HELD_OUT_PAIRS[args.mode]
+    results = validate(args.checkpoint, names, high_dir, low_dir)
+    print(table(results, official=args.mode == "vis-ir"))
     wall = previous["wall_time_s"] + training_seconds(os.path.join(args.model_dir, "steps.jsonl"),
                                                       previous["steps"])
     run_info = {
@@ -54,13 +64,13 @@ def main():
         "epochs": round(steps / config["steps_per_epoch"], 4), "wall_time_s": round(wall, 1),
         "mixed_precision": config.get("mixed_precision", "float32"), "notes": args.notes,
     }
-    validation = {"protocol": previous["validation"].get("protocol"), "scenes": list(HELD_OUT),
-                  "official_ddcgan_20_pairs": OFFICIAL,
+    bar = {"official_ddcgan_20_pairs": OFFICIAL} if args.mode == "vis-ir" else {}
+    validation = {"protocol": previous["validation"].get("protocol"), "scenes": list(names), **bar,
                   **{("average_fusion_baseline" if m == "average" else f"bn_{m}"): r["mean"]
                      for m, r in results.items()}}
     print(json.dumps(run_info, indent=1))
     if not args.dry_run:
-        print("shipped to", ship(args.checkpoint, "vis-ir", run_info, validation))
+        print("shipped to", ship(args.checkpoint, args.mode, run_info, validation))
 
 
 if __name__ == "__main__":
