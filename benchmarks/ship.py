@@ -44,6 +44,8 @@ def main():
     ap.add_argument("--command", required=True, help="the ddcgan-train command that resumes it")
     ap.add_argument("--mode", choices=sorted(HELD_OUT_PAIRS), default="vis-ir")
     ap.add_argument("--notes", default="")
+    ap.add_argument("--bn_mode", choices=["batch", "moving"],
+                    help="BN statistics the shipped generator fuses with (default: the checkpoint's)")
     ap.add_argument("--dry_run", action="store_true", help="validate and print; ship nothing")
     args = ap.parse_args()
 
@@ -70,7 +72,7 @@ def main():
                      for m, r in results.items()}}
     print(json.dumps(run_info, indent=1))
     if not args.dry_run:
-        print("shipped to", ship(args.checkpoint, args.mode, run_info, validation))
+        print("shipped to", ship(args.checkpoint, args.mode, run_info, validation, bn_mode=args.bn_mode))
 
 
 if __name__ == "__main__":

@@ -32,18 +32,22 @@ def default_checkpoint(mode="vis-ir"):
     return path
 
 
-def ship(checkpoint, mode, run_info=None, validation=None, root=CHECKPOINT_ROOT):
+def ship(checkpoint, mode, run_info=None, validation=None, root=CHECKPOINT_ROOT, bn_mode=None):
     """Copies a training checkpoint into root/mode as generator.h5, train_state.h5, manifest.json.
 
     run_info: dict merged into the manifest (data, patches, wall time, notes, ...).
     validation: dict of validation metrics (means) to record.
+    bn_mode: the BN statistics the shipped generator fuses with ("batch" or "moving"; default:
+    the checkpoint's); the training state keeps the checkpoint's.
     """
     if mode not in MODES:
         raise InputError("--mode", f"must be one of {MODES}, got {mode!r}")
     out = os.path.join(root, mode)
     os.makedirs(out, exist_ok=True)
     model_config, train_config = read_configs(checkpoint)
-    save_generator(load_generator(checkpoint), os.path.join(out, GENERATOR_FILE))
+    generator = load_generator(checkpoint, bn_mode=bn_mode)
+    model_config = dict(model_config, bn_mode=generator.bn_mode)
+    save_generator(generator, os.path.join(out, GENERATOR_FILE))
     atomic_write(os.path.join(out, STATE_FILE), lambda tmp: shutil.copyfile(checkpoint, tmp), suffix=".h5")
     manifest = {"mode": mode, "model": model_config, "train": train_config,
                 "source_checkpoint": os.path.basename(checkpoint),

@@ -32,6 +32,17 @@ def test_ship_writes_generator_state_and_manifest(tmp_path):
     manifest = json.load(open(os.path.join(out, "manifest.json")))
     assert manifest["steps"] == 7 and manifest["validation"] == {"EN": 1.0}
     assert manifest["train"]["preset"] == "official" and manifest["model"]["scale"] == 4
+    assert manifest["model"]["bn_mode"] == gen.bn_mode == "batch"
+
+
+def test_ship_can_set_the_bn_statistics_the_weights_fuse_with(tmp_path):
+    model = build_model(patch_size=32)
+    state = str(tmp_path / "ckpt-00000007.h5")
+    ckpt.save_state(model, state)
+    out = shipped.ship(state, "pet-mri", root=str(tmp_path / "ship"), bn_mode="moving")
+    assert ckpt.load_generator(os.path.join(out, "generator.h5")).bn_mode == "moving"
+    assert json.load(open(os.path.join(out, "manifest.json")))["model"]["bn_mode"] == "moving"
+    assert ckpt.read_configs(os.path.join(out, "train_state.h5"))[0]["bn_mode"] == "batch"
 
 
 def test_shipped_vis_ir_weights_fuse_better_than_an_untrained_generator():
