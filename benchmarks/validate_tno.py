@@ -65,7 +65,7 @@ def validate(checkpoint, names=HELD_OUT, vis_dir=os.path.join(TNO, "vis"), ir_di
 
 
 def table(results, official=True):
-    """Markdown table of the mean scores (keys of the official bar), with the bar as first row."""
+    """Markdown table of the mean scores over the official bar's keys (the bar first if official)."""
     keys = list(OFFICIAL)
     lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
     if official:
