@@ -56,8 +56,9 @@ def main():
         ap.error(f"{args.checkpoint}: not a ckpt-<batch>.h5 training checkpoint")
     steps = int(match.group(1))
     names, high_dir, low_dir = HELD_OUT_PAIRS[args.mode]
+    has_bar = args.mode == "vis-ir"  # the official numbers are for visible/infrared only
     results = validate(args.checkpoint, names, high_dir, low_dir)
-    print(table(results, official=args.mode == "vis-ir"))
+    print(table(results, official=has_bar))
     wall = previous["wall_time_s"] + training_seconds(os.path.join(args.model_dir, "steps.jsonl"),
                                                       previous["steps"])
     run_info = {
@@ -66,7 +67,7 @@ def main():
         "epochs": round(steps / config["steps_per_epoch"], 4), "wall_time_s": round(wall, 1),
         "mixed_precision": config.get("mixed_precision", "float32"), "notes": args.notes,
     }
-    bar = {"official_ddcgan_20_pairs": OFFICIAL} if args.mode == "vis-ir" else {}
+    bar = {"official_ddcgan_20_pairs": OFFICIAL} if has_bar else {}
     validation = {"protocol": previous["validation"].get("protocol"), "scenes": list(names), **bar,
                   **{("average_fusion_baseline" if m == "average" else f"bn_{m}"): r["mean"]
                      for m, r in results.items()}}
