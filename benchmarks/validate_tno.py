@@ -3,6 +3,7 @@
   python benchmarks/validate_tno.py --checkpoint runs/tno [--names a,b,c] [--json out.json]
   python benchmarks/validate_tno.py --checkpoint runs/pet --vis_dir medical/mri \
       --ir_dir medical/pet --names 13,14          # PET-MRI (PET already at 1/4)
+  python benchmarks/validate_tno.py --names all --modes ""   # the average baseline, every pair
 
 For each scene: the visible image is cropped to a multiple of 4, the infrared image is
 downsampled 4x the way training does (scipy zoom 1/4), the pair is fused with BN in "batch"
@@ -77,13 +78,20 @@ def table(results, official=True):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--checkpoint", required=True)
-    ap.add_argument("--names", default=",".join(HELD_OUT))
+    ap.add_argument("--checkpoint", help="needed unless --modes is empty")
+    ap.add_argument("--names", default=",".join(HELD_OUT), help='comma list, or "all" pairs')
     ap.add_argument("--vis_dir", default=os.path.join(TNO, "vis"))
     ap.add_argument("--ir_dir", default=os.path.join(TNO, "ir"))
+    ap.add_argument("--modes", default="batch,moving",
+                    help='BN modes to fuse with; "" scores the average baseline only')
     ap.add_argument("--json")
     args = ap.parse_args()
-    results = validate(args.checkpoint, args.names.split(","), args.vis_dir, args.ir_dir)
+    modes = tuple(m for m in args.modes.split(",") if m)
+    if modes and not args.checkpoint:
+        ap.error("--checkpoint is required unless --modes is empty")
+    names = (sorted(images.list_images(args.vis_dir)) if args.names == "all"
+             else args.names.split(","))
+    results = validate(args.checkpoint, names, args.vis_dir, args.ir_dir, modes=modes)
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:
