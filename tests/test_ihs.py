@@ -3,7 +3,6 @@ import os
 
 import h5py
 import imageio.v3 as iio
-import keras
 import numpy as np
 import pytest
 
@@ -18,7 +17,6 @@ from conftest import shared_path
 
 @pytest.fixture(scope="module")
 def fuser():
-    keras.utils.set_random_seed(0)
     g = Generator()
     g.build()
     return Fuser(g)
