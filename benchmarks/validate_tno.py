@@ -11,6 +11,9 @@ and in "moving" mode, and every metric is computed (default convention: grey 0..
 bits, SSIM/CC averaged over the two sources, the infrared upsampled bicubically), plus
 PSNR_lr / SSIM_lr of the fused image average-pooled 4x against the low-resolution infrared.
 The average fusion (VIS + bicubic IR) / 2 is scored the same way as a baseline.
+With --stretch each method is also scored after the official output step: the official
+generate.py saves the float output with scipy.misc.imsave, which min-max stretches every image
+to 0..255 (scipy.misc.bytescale), so the published DDcGAN images, and the bar, went through it.
 """
 import argparse
 import json
@@ -39,25 +42,28 @@ def score(fused, vis, ir):
 
 
 def validate(checkpoint, names=HELD_OUT, vis_dir=os.path.join(TNO, "vis"), ir_dir=os.path.join(TNO, "ir"),
-             modes=("batch", "moving"), log=print):
+             modes=("batch", "moving"), log=print, stretch=False):
     """-> {method: {"per_image": {name: scores}, "mean": scores}}.
 
     The infrared (or PET) image may be full resolution (downsampled here) or already 1/4.
+    stretch=True adds "<method>+stretch": the same output min-max stretched (official imsave).
     """
     fusers = {m: Fuser(load_generator(checkpoint, bn_mode=m)) for m in modes}
-    results = {k: {"per_image": {}} for k in list(modes) + ["average"]}
+    methods = list(modes) + ["average"]
+    results = {k: {"per_image": {}} for k in methods + ([m + "+stretch" for m in methods] if stretch else [])}
     vis_files, ir_files = images.list_images(vis_dir), images.list_images(ir_dir)
     for name in names:
         vis = images.read_grey(vis_files[name])
         ir_full = images.read_grey(ir_files[name])
         vis, ir = fit_sizes(vis, ir_full, 4)
-        for m, fuser in fusers.items():
-            # score what a user gets: the 8-bit file
-            fused = images.to_uint8(fuser(vis, ir)) / 255.0
-            results[m]["per_image"][name] = score(fused, vis, ir)
         up = metrics.upsample_bicubic(ir * 255.0, vis.shape) / 255.0
-        average = images.to_uint8((vis + np.clip(up, 0, 1)) / 2) / 255.0
-        results["average"]["per_image"][name] = score(average, vis, ir)
+        outputs = {m: np.asarray(fuser(vis, ir)) for m, fuser in fusers.items()}
+        outputs["average"] = (vis + np.clip(up, 0, 1)) / 2
+        for m, out in outputs.items():
+            # score what a user gets: the 8-bit file
+            results[m]["per_image"][name] = score(images.to_uint8(out) / 255.0, vis, ir)
+            if stretch:
+                results[m + "+stretch"]["per_image"][name] = score(images.to_uint8(out, stretch=True) / 255.0, vis, ir)
         log(f"scored {name}")
     for r in results.values():
         keys = next(iter(r["per_image"].values())).keys()
@@ -84,6 +90,8 @@ def main():
     ap.add_argument("--ir_dir", default=os.path.join(TNO, "ir"))
     ap.add_argument("--modes", default="batch,moving",
                     help='BN modes to fuse with; "" scores the average baseline only')
+    ap.add_argument("--stretch", action="store_true",
+                    help="also score every method min-max stretched, as the official imsave wrote it")
     ap.add_argument("--json")
     args = ap.parse_args()
     modes = tuple(m for m in args.modes.split(",") if m)
@@ -91,7 +99,7 @@ def main():
         ap.error("--checkpoint is required unless --modes is empty")
     names = (sorted(images.list_images(args.vis_dir)) if args.names == "all"
              else args.names.split(","))
-    results = validate(args.checkpoint, names, args.vis_dir, args.ir_dir, modes=modes)
+    results = validate(args.checkpoint, names, args.vis_dir, args.ir_dir, modes=modes, stretch=args.stretch)
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:
