@@ -114,6 +114,36 @@ def load_state(model, path):
         raise InputError(path, f"cannot restore checkpoint ({_describe(e)})") from None
 
 
+def load_networks(model, path):
+    """Warm start: copies the network weights of a checkpoint or generator file (or a directory
+    holding one) into a compiled DDcGAN; -> the names loaded ("generator", then "dv", "di" when
+    the file holds them). Optimizer slots and schedule counters are left as they are (fresh).
+
+    The file's scale and decoder option must be the model's (the decoder option changes what
+    the same variables compute, not their shapes, so it is checked explicitly).
+    """
+    path = resolve(path)
+    model_config, _ = read_configs(path)
+    for key in ("scale", "official_decoder"):
+        stored, wanted = model_config.get(key, C.SCALE if key == "scale" else True), getattr(model.generator, key)
+        if stored != wanted:
+            raise InputError(path, f"was trained with {key}={stored}, this run has {key}={wanted}")
+    loaded = []
+    try:
+        with h5py.File(path, "r") as f:
+            if "generator" not in f:
+                raise InputError(path, "holds no generator weights")
+            for name, net in (("generator", model.generator), ("dv", model.dv), ("di", model.di)):
+                if name in f:
+                    _read_vars(f[name], net.weights, path)
+                    loaded.append(name)
+    except InputError:
+        raise
+    except _H5_ERRORS as e:
+        raise InputError(path, f"cannot read network weights ({_describe(e)})") from None
+    return loaded
+
+
 def save_generator(generator, path, extra=None):
     """Writes generator weights + config (what fusing needs) to one HDF5 file, atomically."""
 

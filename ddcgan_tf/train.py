@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from ddcgan_tf import callbacks as cb
 from ddcgan_tf import config as C
-from ddcgan_tf.checkpoint import CheckpointManager, latest_checkpoint
+from ddcgan_tf.checkpoint import CheckpointManager, latest_checkpoint, load_networks, resolve
 from ddcgan_tf.data import make_dataset
 from ddcgan_tf.ddcgan import DDcGAN
 from ddcgan_tf.errors import InputError
@@ -67,7 +67,8 @@ def is_chief():
 def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset="official",
           overrides=None, scale=C.SCALE, official_decoder=True, bn_mode="batch",
           checkpoint_every=100, keep=3, jit_compile=False, seed=None, tensorboard=True,
-          verbose=1, sample_every=100, strategy="default", mixed_precision=None, nan_retries=0):
+          verbose=1, sample_every=100, strategy="default", mixed_precision=None, nan_retries=0,
+          init_from=None):
     """Trains (or resumes) a DDcGAN on an HDF5 patch set; returns the model.
 
     A model_dir that already holds checkpoints is resumed: the newest checkpoint restores the
@@ -92,6 +93,11 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     next batches of the data stream, up to this many times in this call (each one reported on
     stderr); 0 stops at the first. For transient faults (the bfloat16 CPU kernels, WORKSPACE.md);
     a real divergence recurs and still ends in TrainingDiverged.
+    init_from: a checkpoint, generator file or model directory (the shipped
+    checkpoints/vis-ir, say) whose network weights start a *new* run (fine-tuning): the
+    generator, and Dv/Di when the file holds them; optimizers, learning-rate schedule and batch
+    count start fresh under this run's preset. Ignored when model_dir already holds a run (that
+    run resumes); recorded in config.json.
     """
     model_dir = os.fspath(model_dir)
     # first: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op
@@ -122,6 +128,8 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     model_options = dict(scale=scale, patch_size=patches.patch, official_decoder=official_decoder,
                          bn_mode=bn_mode)
     latest, stored_model, stored_train = manager.latest_readable()
+    if init_from is not None and not latest:
+        init_from = resolve(init_from)  # InputError for a missing file before any work
     if latest:
         mismatch = {k: (stored_model.get(k), v) for k, v in model_options.items()
                     if stored_model.get(k) != v}
@@ -136,17 +144,26 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         model = build_model(train_config=cfg, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
                             **model_options)
     restored = manager.restore_latest(model)
+    config_path = os.path.join(model_dir, "config.json")
+    if restored:
+        if init_from is not None:
+            log(f"--init_from ignored: {model_dir} holds a run, which resumes")
+        init_from = _read_json(config_path).get("init_from")  # keep the record across resumes
+    elif init_from is not None:
+        loaded = load_networks(model, init_from)
+        init_from = os.path.abspath(init_from)
+        log(f"initialised {', '.join(loaded)} from {init_from}")
     done = int(model.batch_count.numpy())
     total = int(steps) if steps else epochs * steps_per_epoch
     log(f"{'resumed from ' + restored if restored else 'new run'}: {done} of {total} batches done; "
         f"{len(patches)} patches, {steps_per_epoch} batches per epoch")
     chief = is_chief()
     if chief:  # only the chief writes (MultiWorkerMirroredStrategy)
-        _write_json(os.path.join(model_dir, "config.json"),
+        _write_json(config_path,
                     {"model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
                      "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch,
                      "strategy": strategy, "replicas": distribution.num_replicas_in_sync,
-                     "mixed_precision": mixed_precision or "float32"})
+                     "mixed_precision": mixed_precision or "float32", "init_from": init_from})
     step_log = os.path.join(model_dir, "steps.jsonl")
     if chief:  # a killed run may have logged past its checkpoint
         cb.trim_step_log(step_log, done, write_text)
@@ -184,6 +201,16 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
               file=sys.stderr)
     log(f"trained {int(model.batch_count.numpy()) - first} batches in {time.time() - start:.1f} s")
     return model
+
+
+def _read_json(path):
+    """A previous run's config.json as a dict ({} when missing or unreadable: it is a record only)."""
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return obj if isinstance(obj, dict) else {}
 
 
 def _write_json(path, obj):

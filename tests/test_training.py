@@ -125,3 +125,56 @@ def test_nan_retries_restore_the_last_checkpoint_after_a_transient_fault(small_p
 def test_nan_retries_must_be_a_count(small_patch_set, tmp_path):
     with pytest.raises(InputError, match="--nan_retries"):
         train(small_patch_set, str(tmp_path / "run"), steps=1, nan_retries=-1)
+
+
+def _max_gap(nets_a, nets_b):
+    return max(float(np.abs(a.numpy() - b.numpy()).max())
+               for na, nb in zip(nets_a, nets_b) for a, b in zip(na.trainable_weights, nb.trainable_weights))
+
+
+def _first_step(model_dir):
+    with open(os.path.join(model_dir, "steps.jsonl")) as f:
+        return json.loads(f.readline())
+
+
+def test_init_from_fine_tunes_other_weights_with_a_fresh_schedule(small_patch_set, tmp_path):
+    kw = dict(batch_size=4, checkpoint_every=2, tensorboard=False, verbose=0)
+    src_dir, ft_dir, fresh_dir = (str(tmp_path / n) for n in ("src", "ft", "fresh"))
+    src = train(small_patch_set, src_dir, steps=3, seed=1, preset="paper", **kw)  # lr 2e-3: weights move
+    ft = train(small_patch_set, ft_dir, steps=1, seed=2, init_from=src_dir, **kw)
+    fresh = train(small_patch_set, fresh_dir, steps=1, seed=2, **kw)
+    nets = lambda m: (m.generator, m.dv, m.di)  # noqa: E731
+    # all three networks start from the source run's weights, not from a new initialisation
+    assert _max_gap(nets(src), nets(ft)) < 0.1 * _max_gap(nets(src), nets(fresh))
+    # ... under this run's own (official) preset, with the schedule and optimizers starting over
+    assert int(ft.batch_count.numpy()) == 1
+    first = _first_step(ft_dir)
+    assert int(ft.optimizer_steps.numpy()) == first["dv_steps"] + first["di_steps"] + first["g_steps"]
+    assert C.get_preset("official").learning_rate * 0.5 < first["lr"] <= C.get_preset("official").learning_rate
+    with open(os.path.join(ft_dir, "config.json")) as f:
+        assert json.load(f)["init_from"] == os.path.abspath(ckpt.latest_checkpoint(src_dir))
+    # a second call resumes the fine-tuning run; --init_from no longer applies, its record stays
+    again = train(small_patch_set, ft_dir, steps=2, seed=3, init_from=str(tmp_path / "gone"), **kw)
+    assert int(again.batch_count.numpy()) == 2
+    with open(os.path.join(ft_dir, "config.json")) as f:
+        assert json.load(f)["init_from"] == os.path.abspath(ckpt.latest_checkpoint(src_dir))
+
+
+def test_init_from_a_generator_file_keeps_fresh_discriminators(small_patch_set, tmp_path, generator_file):
+    kw = dict(batch_size=4, tensorboard=False, verbose=0, seed=4)
+    model = build_model(patch_size=32, steps_per_epoch=10)
+    assert ckpt.load_networks(model, generator_file) == ["generator"]
+    reference = ckpt.load_generator(generator_file)
+    for a, b in zip(model.generator.weights, reference.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert int(train(small_patch_set, str(tmp_path / "run"), steps=1, init_from=generator_file,
+                     **kw).batch_count.numpy()) == 1
+
+
+def test_init_from_refuses_missing_or_mismatched_weights(small_patch_set, tmp_path, generator_file):
+    kw = dict(steps=1, batch_size=4, tensorboard=False, verbose=0)
+    with pytest.raises(InputError, match="not found"):
+        train(small_patch_set, str(tmp_path / "a"), init_from=str(tmp_path / "missing.h5"), **kw)
+    with pytest.raises(InputError, match="official_decoder=True, this run has official_decoder=False") as e:
+        train(small_patch_set, str(tmp_path / "b"), official_decoder=False, init_from=generator_file, **kw)
+    assert generator_file in str(e.value)

@@ -29,6 +29,9 @@ flags.DEFINE_float("l_min", None, "Override L_min.")
 flags.DEFINE_float("g_max", None, "Override L_Gmax (absolute, or a factor with the paper preset).")
 flags.DEFINE_integer("max_repeats", None, "Override I_max.")
 flags.DEFINE_float("clip_value", None, "Override the weight clipping bound (0 disables clipping).")
+flags.DEFINE_string("init_from", None, "Start a new run from these network weights (fine-tuning): a checkpoint, "
+                    "generator file or model directory, e.g. checkpoints/vis-ir. Optimizers and "
+                    "schedule start fresh; ignored when --model_dir already holds a run.")
 flags.DEFINE_integer("checkpoint_every", 100, "Save the full state every N batches.")
 flags.DEFINE_integer("keep", 3, "Checkpoints to keep.")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step: 1.4x faster per step on a 2-core CPU once "
@@ -64,7 +67,7 @@ def main(argv):
               checkpoint_every=FLAGS.checkpoint_every, keep=FLAGS.keep, jit_compile=FLAGS.jit_compile,
               seed=FLAGS.seed, tensorboard=FLAGS.tensorboard, verbose=FLAGS.verbose,
               strategy=FLAGS.strategy, mixed_precision=FLAGS.mixed_precision,
-              nan_retries=FLAGS.nan_retries)
+              nan_retries=FLAGS.nan_retries, init_from=FLAGS.init_from)
     except TrainingDiverged as e:
         error_exit("ddcgan-train", e, EXIT_DIVERGED)
 
