@@ -128,19 +128,25 @@ def load_networks(model, path):
         stored, wanted = model_config.get(key, C.SCALE if key == "scale" else True), getattr(model.generator, key)
         if stored != wanted:
             raise InputError(path, f"was trained with {key}={stored}, this run has {key}={wanted}")
+    return _read_networks(path, (("generator", model.generator), ("dv", model.dv), ("di", model.di)),
+                          "network weights")
+
+
+def _read_networks(path, nets, what):
+    """Reads the (name, network) groups the file holds (the generator must be one) -> names read."""
     loaded = []
     try:
         with h5py.File(path, "r") as f:
             if "generator" not in f:
                 raise InputError(path, "holds no generator weights")
-            for name, net in (("generator", model.generator), ("dv", model.dv), ("di", model.di)):
+            for name, net in nets:
                 if name in f:
                     _read_vars(f[name], net.weights, path)
                     loaded.append(name)
     except InputError:
         raise
     except _H5_ERRORS as e:
-        raise InputError(path, f"cannot read network weights ({_describe(e)})") from None
+        raise InputError(path, f"cannot read {what} ({_describe(e)})") from None
     return loaded
 
 
@@ -187,15 +193,7 @@ def load_generator(path, bn_mode=None):
     except ValueError as e:  # a stored scale / bn_mode this code does not know
         raise InputError(path, f"unsupported model configuration ({e})") from None
     gen.build()
-    try:
-        with h5py.File(path, "r") as f:
-            if "generator" not in f:
-                raise InputError(path, "holds no generator weights")
-            _read_vars(f["generator"], gen.weights, path)
-    except InputError:
-        raise
-    except _H5_ERRORS as e:
-        raise InputError(path, f"cannot read generator weights ({_describe(e)})") from None
+    _read_networks(path, (("generator", gen),), "generator weights")
     return gen
 
 
