@@ -32,6 +32,7 @@ _H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
 
 PATTERN = re.compile(r"^ckpt-(\d+)\.h5$")
 GENERATOR_FILE = "generator.h5"
+STATE_FILE = "train_state.h5"  # the full state beside a shipped generator (checkpoints/<mode>/)
 
 
 def _write_vars(group, variables):
@@ -114,15 +115,27 @@ def load_state(model, path):
         raise InputError(path, f"cannot restore checkpoint ({_describe(e)})") from None
 
 
+def warm_start_file(path):
+    """The file a warm start reads for `path`: a file as is; a run directory -> its newest
+    checkpoint; a shipped directory -> its train_state.h5 (which has Dv and Di) rather than
+    generator.h5."""
+    path = os.fspath(path)
+    state = os.path.join(path, STATE_FILE)
+    if os.path.isdir(path) and not latest_checkpoint(path) and os.path.isfile(state):
+        return state
+    return resolve(path)
+
+
 def load_networks(model, path):
     """Warm start: copies the network weights of a checkpoint or generator file (or a directory
-    holding one) into a compiled DDcGAN; -> the names loaded ("generator", then "dv", "di" when
-    the file holds them). Optimizer slots and schedule counters are left as they are (fresh).
+    holding one, see warm_start_file) into a compiled DDcGAN; -> the names loaded ("generator",
+    then "dv", "di" when the file holds them). Optimizer slots and schedule counters are left
+    as they are (fresh).
 
     The file's scale and decoder option must be the model's (the decoder option changes what
     the same variables compute, not their shapes, so it is checked explicitly).
     """
-    path = resolve(path)
+    path = warm_start_file(path)
     model_config, _ = read_configs(path)
     for key in ("scale", "official_decoder"):
         stored, wanted = model_config.get(key, C.SCALE if key == "scale" else True), getattr(model.generator, key)

@@ -12,7 +12,7 @@ import os
 import platform
 import shutil
 
-from ddcgan_tf.checkpoint import GENERATOR_FILE, load_generator, read_configs, save_generator
+from ddcgan_tf.checkpoint import GENERATOR_FILE, STATE_FILE, load_generator, read_configs, save_generator
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.images import atomic_write, write_text
 
@@ -20,7 +20,6 @@ CHECKPOINT_ROOT = os.environ.get(
     "DDCGAN_CHECKPOINTS",
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints"))
 MODES = ("vis-ir", "pet-mri")
-STATE_FILE = "train_state.h5"
 MANIFEST_FILE = "manifest.json"
 
 

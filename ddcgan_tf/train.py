@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from ddcgan_tf import callbacks as cb
 from ddcgan_tf import config as C
-from ddcgan_tf.checkpoint import CheckpointManager, latest_checkpoint, load_networks, resolve
+from ddcgan_tf.checkpoint import CheckpointManager, latest_checkpoint, load_networks, warm_start_file
 from ddcgan_tf.data import make_dataset
 from ddcgan_tf.ddcgan import DDcGAN
 from ddcgan_tf.errors import InputError
@@ -93,8 +93,8 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     next batches of the data stream, up to this many times in this call (each one reported on
     stderr); 0 stops at the first. For transient faults (the bfloat16 CPU kernels, WORKSPACE.md);
     a real divergence recurs and still ends in TrainingDiverged.
-    init_from: a checkpoint, generator file or model directory (the shipped
-    checkpoints/vis-ir, say) whose network weights start a *new* run (fine-tuning): the
+    init_from: a checkpoint, generator file, run directory or shipped directory (checkpoints/vis-ir,
+    whose train_state.h5 is read) whose network weights start a *new* run (fine-tuning): the
     generator, and Dv/Di when the file holds them; optimizers, learning-rate schedule and batch
     count start fresh under this run's preset. Ignored when model_dir already holds a run (that
     run resumes); recorded in config.json.
@@ -129,7 +129,7 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
                          bn_mode=bn_mode)
     latest, stored_model, stored_train = manager.latest_readable()
     if init_from is not None and not latest:
-        init_from = resolve(init_from)  # InputError for a missing file before any work
+        init_from = warm_start_file(init_from)  # InputError for a missing file before any work
     if latest:
         mismatch = {k: (stored_model.get(k), v) for k, v in model_options.items()
                     if stored_model.get(k) != v}

@@ -171,6 +171,19 @@ def test_init_from_a_generator_file_keeps_fresh_discriminators(small_patch_set, 
                      **kw).batch_count.numpy()) == 1
 
 
+def test_init_from_a_shipped_directory_reads_its_full_state(tmp_path):
+    shipped = tmp_path / "vis-ir"
+    shipped.mkdir()
+    tf.keras.utils.set_random_seed(5)
+    source = build_model(patch_size=32, steps_per_epoch=10)
+    ckpt.save_state(source, str(shipped / "train_state.h5"))
+    ckpt.save_generator(source.generator, str(shipped / "generator.h5"))
+    target = build_model(patch_size=32, steps_per_epoch=10)
+    assert ckpt.load_networks(target, str(shipped)) == ["generator", "dv", "di"]
+    for a, b in zip(source.dv.weights + source.di.weights, target.dv.weights + target.di.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
 def test_init_from_refuses_missing_or_mismatched_weights(small_patch_set, tmp_path, generator_file):
     kw = dict(steps=1, batch_size=4, tensorboard=False, verbose=0)
     with pytest.raises(InputError, match="not found"):
