@@ -33,6 +33,12 @@ _H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
 PATTERN = re.compile(r"^ckpt-(\d+)\.h5$")
 GENERATOR_FILE = "generator.h5"
 STATE_FILE = "train_state.h5"  # the full state beside a shipped generator (checkpoints/<mode>/)
+# generator options a file may omit (files written before they were recorded)
+_GENERATOR_DEFAULTS = {"scale": C.SCALE, "official_decoder": True, "bn_mode": "batch"}
+
+
+def _generator_option(model_config, key):
+    return model_config.get(key, _GENERATOR_DEFAULTS[key])
 
 
 def _write_vars(group, variables):
@@ -138,7 +144,7 @@ def load_networks(model, path):
     path = warm_start_file(path)
     model_config, _ = read_configs(path)
     for key in ("scale", "official_decoder"):
-        stored, wanted = model_config.get(key, C.SCALE if key == "scale" else True), getattr(model.generator, key)
+        stored, wanted = _generator_option(model_config, key), getattr(model.generator, key)
         if stored != wanted:
             raise InputError(path, f"was trained with {key}={stored}, this run has {key}={wanted}")
     return _read_networks(path, (("generator", model.generator), ("dv", model.dv), ("di", model.di)),
@@ -200,9 +206,9 @@ def load_generator(path, bn_mode=None):
     path = resolve(path)
     model_config, _ = read_configs(path)
     try:
-        gen = Generator(scale=model_config.get("scale", C.SCALE),
-                        official_decoder=model_config.get("official_decoder", True),
-                        bn_mode=bn_mode or model_config.get("bn_mode", "batch"))
+        gen = Generator(scale=_generator_option(model_config, "scale"),
+                        official_decoder=_generator_option(model_config, "official_decoder"),
+                        bn_mode=bn_mode or _generator_option(model_config, "bn_mode"))
     except ValueError as e:  # a stored scale / bn_mode this code does not know
         raise InputError(path, f"unsupported model configuration ({e})") from None
     gen.build()
