@@ -9,6 +9,10 @@ Writes checkpoints/<mode>/{generator.h5, train_state.h5, manifest.json} (ddcgan_
 The manifest keeps the data description of the manifest it replaces and adds up the wall time:
 the replaced manifest's `wall_time_s` plus the batches of model_dir/steps.jsonl after its
 `steps` (a gap over 10 minutes between two batches, a restart, counts as one median batch).
+A fine-tune of the shipped weights (`ddcgan-train --init_from checkpoints/<mode>`) counts its
+batches from 0: its manifest keeps `steps` (this run's, which resume uses), adds all of its
+batches to the wall time, records the replaced manifest's run under `init_from` and the
+batches of the whole history as `total_steps`.
 """
 import argparse
 import json
@@ -59,13 +63,32 @@ def main():
     has_bar = args.mode == "vis-ir"  # the official numbers are for visible/infrared only
     results = validate(args.checkpoint, names, high_dir, low_dir)
     print(table(results, official=has_bar))
-    wall = previous["wall_time_s"] + training_seconds(os.path.join(args.model_dir, "steps.jsonl"),
-                                                      previous["steps"])
+    step_log = os.path.join(args.model_dir, "steps.jsonl")
+    lineage = {}
+    logged = read_step_log(step_log)
+    started = logged[0]["time"] if logged else None  # identifies the run across its ships
+    if config.get("init_from") and previous.get("run_started") != started:
+        # A fine-tune (--init_from) counts its batches from 0; record what it started from.
+        source = config["init_from"]  # the shipped directory, or the file read from it
+        source = os.path.dirname(source) if source.endswith(".h5") else source
+        if os.path.realpath(source) != os.path.realpath(os.path.join(CHECKPOINT_ROOT, args.mode)):
+            ap.error(f"{args.model_dir}: started from {config['init_from']}, not from the shipped "
+                     f"{args.mode} weights, so its history is unknown here")
+        kept = ("command", "notes", "steps", "total_steps", "epochs", "wall_time_s", "train",
+                "source_checkpoint", "init_from")
+        lineage = {"init_from": {k: previous[k] for k in kept if k in previous}}
+        previous_steps = previous.get("total_steps", previous["steps"])
+        wall = previous["wall_time_s"] + training_seconds(step_log, 0)
+    else:  # the run the replaced manifest shipped, further on
+        lineage = {k: previous[k] for k in ("init_from",) if k in previous}
+        previous_steps = previous.get("total_steps", previous["steps"]) - previous["steps"]
+        wall = previous["wall_time_s"] + training_seconds(step_log, previous["steps"])
     run_info = {
         "batch_size": config["batch_size"], "command": args.command, "data": previous["data"],
         "patches": config["patches"], "steps": steps, "steps_per_epoch": config["steps_per_epoch"],
         "epochs": round(steps / config["steps_per_epoch"], 4), "wall_time_s": round(wall, 1),
         "mixed_precision": config.get("mixed_precision", "float32"), "notes": args.notes,
+        "total_steps": previous_steps + steps, "run_started": started, **lineage,
     }
     bar = {"official_ddcgan_20_pairs": OFFICIAL} if has_bar else {}
     validation = {"protocol": previous["validation"].get("protocol"), "scenes": list(names), **bar,
