@@ -32,8 +32,9 @@ HELD_OUT_PAIRS = {
 }
 
 
-def training_seconds(step_log, after_step):
-    times = [r["time"] for r in read_step_log(step_log) if r["step"] > after_step]
+def training_seconds(logged, after_step):
+    """Seconds of the logged batches (steps.jsonl rows) after after_step."""
+    times = [r["time"] for r in logged if r["step"] > after_step]
     gaps = np.diff(times)
     if not len(gaps):
         return 0.0
@@ -63,9 +64,8 @@ def main():
     has_bar = args.mode == "vis-ir"  # the official numbers are for visible/infrared only
     results = validate(args.checkpoint, names, high_dir, low_dir)
     print(table(results, official=has_bar))
-    step_log = os.path.join(args.model_dir, "steps.jsonl")
     lineage = {}
-    logged = read_step_log(step_log)
+    logged = read_step_log(os.path.join(args.model_dir, "steps.jsonl"))
     started = logged[0]["time"] if logged else None  # identifies the run across its ships
     if config.get("init_from") and previous.get("run_started") != started:
         # A fine-tune (--init_from) counts its batches from 0; record what it started from.
@@ -78,11 +78,11 @@ def main():
                 "source_checkpoint", "init_from")
         lineage = {"init_from": {k: previous[k] for k in kept if k in previous}}
         previous_steps = previous.get("total_steps", previous["steps"])
-        wall = previous["wall_time_s"] + training_seconds(step_log, 0)
+        wall = previous["wall_time_s"] + training_seconds(logged, 0)
     else:  # the run the replaced manifest shipped, further on
         lineage = {k: previous[k] for k in ("init_from",) if k in previous}
         previous_steps = previous.get("total_steps", previous["steps"]) - previous["steps"]
-        wall = previous["wall_time_s"] + training_seconds(step_log, previous["steps"])
+        wall = previous["wall_time_s"] + training_seconds(logged, previous["steps"])
     run_info = {
         "batch_size": config["batch_size"], "command": args.command, "data": previous["data"],
         "patches": config["patches"], "steps": steps, "steps_per_epoch": config["steps_per_epoch"],
