@@ -21,7 +21,7 @@ import os
 import numpy as np
 
 from ddcgan_tf.callbacks import read_step_log
-from ddcgan_tf.checkpoint import PATTERN
+from ddcgan_tf.checkpoint import PATTERN, warm_start_file
 from ddcgan_tf.shipped import CHECKPOINT_ROOT, MANIFEST_FILE, ship
 from validate_tno import HELD_OUT, OFFICIAL, SHARED, TNO, table, validate
 
@@ -64,14 +64,12 @@ def main():
     has_bar = args.mode == "vis-ir"  # the official numbers are for visible/infrared only
     results = validate(args.checkpoint, names, high_dir, low_dir)
     print(table(results, official=has_bar))
-    lineage = {}
     logged = read_step_log(os.path.join(args.model_dir, "steps.jsonl"))
     started = logged[0]["time"] if logged else None  # identifies the run across its ships
     if config.get("init_from") and previous.get("run_started") != started:
         # A fine-tune (--init_from) counts its batches from 0; record what it started from.
-        source = config["init_from"]  # the shipped directory, or the file read from it
-        source = os.path.dirname(source) if source.endswith(".h5") else source
-        if os.path.realpath(source) != os.path.realpath(os.path.join(CHECKPOINT_ROOT, args.mode)):
+        shipped_state = warm_start_file(os.path.join(CHECKPOINT_ROOT, args.mode))  # what --init_from read
+        if os.path.realpath(config["init_from"]) != os.path.realpath(shipped_state):
             ap.error(f"{args.model_dir}: started from {config['init_from']}, not from the shipped "
                      f"{args.mode} weights, so its history is unknown here")
         kept = ("command", "notes", "steps", "total_steps", "epochs", "wall_time_s", "train",
