@@ -19,7 +19,8 @@ setup(
     # pulls it in.
     install_requires=[tf, "keras>=3.0", "numpy", "h5py", "scipy", "imageio", "absl-py", "tensorboard"],
     extras_require={
-        "test": ["pytest", "scikit-image", "hypothesis", "nbclient", "nbformat", "ipykernel"],
+        "test": ["pytest", "scikit-image", "hypothesis", "nbclient", "nbformat", "ipykernel",
+                 "jax"],  # tests/test_jax_parity.py: the GPU trainer against train_step
     },
     entry_points={"console_scripts": [
         "ddcgan-prepare=ddcgan_tf.cli.prepare:run",

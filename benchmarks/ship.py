@@ -88,6 +88,12 @@ def main():
         "mixed_precision": config.get("mixed_precision", "float32"), "notes": args.notes,
         "total_steps": previous_steps + steps, "run_started": started, **lineage,
     }
+    if config.get("trainer"):  # batches trained elsewhere (benchmarks/jax_train.py on a GPU)
+        first = steps - len([r for r in logged if r["step"] <= steps]) + 1
+        earlier = previous["machine"] if isinstance(previous["machine"], list) else [
+            dict(previous["machine"], batches=f"1-{first - 1}")]
+        run_info["machine"] = earlier + [{"batches": f"{first}-{steps}", "device": config["device"],
+                                          "trainer": config["trainer"]}]
     bar = {"official_ddcgan_20_pairs": OFFICIAL} if has_bar else {}
     validation = {"protocol": previous["validation"].get("protocol"), "scenes": list(names), **bar,
                   **{("average_fusion_baseline" if m == "average" else f"bn_{m}"): r["mean"]

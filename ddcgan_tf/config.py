@@ -21,6 +21,8 @@ RMSPROP_EPSILON = 1e-10
 ENCODER_FILTERS = 48     # conv1_1 and each of the 4 dense-block convs
 DECODER_FILTERS = (240, 128, 64, 32, 1)
 DISCRIMINATOR_FILTERS = (16, 32, 64)
+# official train.py `grad`: 8-neighbour Laplacian-like kernel, applied with SAME (zero) padding.
+GRADIENT_KERNEL = ((1 / 8, 1 / 8, 1 / 8), (1 / 8, -1.0, 1 / 8), (1 / 8, 1 / 8, 1 / 8))
 
 
 @dataclasses.dataclass

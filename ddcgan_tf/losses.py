@@ -5,10 +5,7 @@ H and W, averaged over the batch (and channel) axis.
 """
 import tensorflow as tf
 
-from ddcgan_tf.config import EPS
-
-# official train.py `grad`: 8-neighbour Laplacian-like kernel, applied with SAME (zero) padding.
-GRADIENT_KERNEL = ((1 / 8, 1 / 8, 1 / 8), (1 / 8, -1.0, 1 / 8), (1 / 8, 1 / 8, 1 / 8))
+from ddcgan_tf.config import EPS, GRADIENT_KERNEL
 
 
 def gradient(img):

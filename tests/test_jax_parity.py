@@ -1,0 +1,120 @@
+"""benchmarks/jax_train.py (the JAX transcription for GPU machines without TensorFlow) must
+update every weight, BN statistic, optimizer slot and counter as DDcGAN.train_step does.
+
+Skipped where JAX is not installed (it is not a dependency of the package).
+"""
+import importlib.util
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ddcgan_tf import checkpoint, layers
+from ddcgan_tf import config as C
+from ddcgan_tf.ddcgan import DDcGAN
+
+jax = pytest.importorskip("jax")
+jax.config.update("jax_default_matmul_precision", "highest")
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("jax_train", os.path.join(REPO, "benchmarks", "jax_train.py"))
+jt = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(jt)
+
+P, N, SPE = 32, 4, 7
+
+
+def _batch(seed):
+    rng = np.random.default_rng(seed)
+    return rng.random((N, P, P, 1), np.float32), rng.random((N, P // 4, P // 4, 1), np.float32)
+
+
+def _assert_states_match(before, tf_groups, jax_groups, tol=0.2, floor=1e-6):
+    """Every counter equal; every float variable's change within tol of the TF change.
+
+    Measured on this test's state: one loss's generator gradient from JAX and from TF's unfused
+    BN path both agree with a float64 JAX gradient to 3e-6, while TF's fused BN path (the
+    default, layers.FUSED) is off by up to 1.7 % (not isolated: one ReflectConv alone agrees),
+    so the TF side runs unfused. Over a whole batch the updates still differ by up to 5 % of
+    their size in the first layers (mostly under 1 %; not explained yet); a wrong formula (a
+    missed repeat, the wrong optimizer, no clipping) moves a variable by its whole change.
+    """
+    assert list(tf_groups) == list(jax_groups)
+    for g in tf_groups:
+        assert len(tf_groups[g]) == len(jax_groups[g])
+        for (path, a), (path_j, b), (_, c) in zip(tf_groups[g], jax_groups[g], before[g]):
+            assert path == path_j
+            assert a.dtype == b.dtype, path
+            if a.dtype.kind == "i":
+                assert int(a) == int(b), path
+            else:
+                change, err = float(np.abs(a - c).max()), float(np.abs(a - b).max())
+                assert err <= tol * change + floor, f"{path}: TF changed it by {change:.3g}, JAX differs by {err:.3g}"
+
+
+@pytest.mark.parametrize("preset,schedule,expected_steps", [
+    # every D repeats to I_max, then adversarial G steps to I_max (phase 3)
+    ("official", dict(l_max=0.0, l_min=10.0, g_max=1e9, max_repeats=3), (3, 3, 3)),
+    # no D repeat; full-loss G steps (phase 4) until I_max
+    ("official", dict(l_max=10.0, l_min=0.0, g_max=0.0, max_repeats=3), (1, 1, 3)),
+    # the paper's numbers: no clipping, relative L_Gmax, LR decayed per batch
+    ("paper", dict(max_repeats=2), None),
+])
+def test_one_jax_batch_equals_the_tf_train_step(tmp_path, monkeypatch, preset, schedule, expected_steps):
+    monkeypatch.setattr(layers, "FUSED", False)  # see _assert_states_match
+    cfg = C.get_preset(preset, 4, **schedule)
+    tf.keras.utils.set_random_seed(3)
+    model = DDcGAN(patch_size=P)
+    model.compile(train_config=cfg, steps_per_epoch=SPE)
+    # a state some batches into a run: counters and optimizer slots away from their start
+    model.batch_count.assign(5)
+    model.optimizer_steps.assign(17)
+    for opt in (model.g_optimizer, model.g_adv_optimizer):
+        for v in opt._velocities:
+            v.assign(tf.random.uniform(v.shape, 0.5, 2.0))
+    before = str(tmp_path / "before.h5")
+    checkpoint.save_state(model, before)
+
+    vis, ir = _batch(1)
+    tf_out = {k: float(v) for k, v in tf.function(model.train_step)((tf.constant(vis), tf.constant(ir))).items()}
+    after = str(tmp_path / "after.h5")
+    checkpoint.save_state(model, after)
+    tf_groups, _ = jt.read_state(after)
+
+    template, _ = jt.read_state(before)
+    trainer = jt.Trainer(cfg, SPE)
+    state, out = trainer.step(jt.unpack(template), vis, ir)
+    jax_groups = jt.pack(state, template)
+
+    if expected_steps:
+        assert (tf_out["dv_steps"], tf_out["di_steps"], tf_out["g_steps"]) == expected_steps
+    _assert_states_match(template, tf_groups, jax_groups)
+    for k, v in tf_out.items():
+        assert float(out[k]) == pytest.approx(v, rel=3e-2, abs=1e-5), k
+
+
+def test_jax_run_writes_checkpoints_that_tensorflow_resumes(tmp_path, small_patch_set):
+    """A short JAX run from a TF state leaves ckpt-*.h5, steps.jsonl and config.json that the
+    TF tools read: load_state restores it into a compiled model, batch counter included."""
+    init = str(tmp_path / "init.h5")
+    jt.main(["--write_init", init, "--seed", "0", "--patch_size", "32"])
+    run = str(tmp_path / "run")
+    assert jt.main(["--data", small_patch_set, "--init", init, "--model_dir", run, "--steps", "3",
+                    "--checkpoint_every", "2", "--log_every", "1", "--max_repeats", "2"]) == 0
+    assert sorted(os.listdir(run)) == ["ckpt-00000002.h5", "ckpt-00000003.h5", "config.json", "steps.jsonl"]
+    from ddcgan_tf.callbacks import read_step_log
+    rows = read_step_log(os.path.join(run, "steps.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(r["g_loss"]) and 1 <= r["g_steps"] <= 2 for r in rows)
+    model_config, train = checkpoint.read_configs(os.path.join(run, "ckpt-00000003.h5"))
+    assert train["max_repeats"] == 2
+    model = DDcGAN(patch_size=model_config["patch_size"])
+    model.compile(train_config=C.TrainConfig(**train), steps_per_epoch=10)
+    checkpoint.load_state(model, os.path.join(run, "ckpt-00000003.h5"))
+    assert int(model.batch_count.numpy()) == 3
+    assert int(model.optimizer_steps.numpy()) >= 9  # Dv, Di, G once per batch at least
+    # resuming continues from the newest checkpoint
+    assert jt.main(["--data", small_patch_set, "--init", init, "--model_dir", run, "--steps", "4",
+                    "--checkpoint_every", "2", "--log_every", "1"]) == 0
+    assert [r["step"] for r in read_step_log(os.path.join(run, "steps.jsonl"))] == [1, 2, 3, 4]
