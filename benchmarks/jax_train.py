@@ -22,7 +22,6 @@ TF32 convolutions by default, as TensorFlow does on the same GPU.
 """
 import argparse
 import dataclasses
-import functools
 import json
 import os
 import re
@@ -477,9 +476,11 @@ def main(argv=None):
     ap.add_argument("--reset_counters", action="store_true",
                     help="start the batch and LR counters at 0 (a new run from --init's weights)")
     ap.add_argument("--preset", choices=C.PRESETS)
-    for f in dataclasses.fields(C.TrainConfig):
-        if f.name != "preset" and f.type in ("float", "int", float, int):
-            ap.add_argument(f"--{f.name}", type=float if "float" in str(f.type) else int)
+    parse = {int: int, float: float, float | None: float, str: str,
+             bool: lambda v: {"true": True, "false": False}[v.lower()]}
+    for f in dataclasses.fields(C.TrainConfig):  # every TrainConfig field overrides the preset
+        if f.name != "preset":
+            ap.add_argument(f"--{f.name}", type=parse[f.type], help=f"TrainConfig.{f.name}")
     ap.add_argument("--patch_size", type=int, default=C.PATCH_SIZE, help="of --write_init's model")
     ap.add_argument("--write_init", metavar="PATH", help="write a fresh TF state (needs TensorFlow) and exit")
     args = ap.parse_args(argv)
