@@ -58,8 +58,8 @@ def _assert_states_match(before, tf_groups, jax_groups, tol=0.2, floor=1e-6):
     ("official", dict(l_max=0.0, l_min=10.0, g_max=1e9, max_repeats=3), (3, 3, 3)),
     # no D repeat; full-loss G steps (phase 4) until I_max
     ("official", dict(l_max=10.0, l_min=0.0, g_max=0.0, max_repeats=3), (1, 1, 3)),
-    # the paper's numbers: no clipping, relative L_Gmax, LR decayed per batch
-    ("paper", dict(max_repeats=2), None),
+    # the paper's numbers: no clipping, relative L_Gmax, LR decayed per batch (50 s: slow)
+    pytest.param("paper", dict(max_repeats=2), None, marks=pytest.mark.slow),
 ])
 def test_one_jax_batch_equals_the_tf_train_step(tmp_path, monkeypatch, preset, schedule, expected_steps):
     monkeypatch.setattr(layers, "FUSED", False)  # see _assert_states_match
