@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from ddcgan_tf import checkpoint, layers
+from ddcgan_tf import checkpoint
 from ddcgan_tf import config as C
 from ddcgan_tf.ddcgan import DDcGAN
 
@@ -30,15 +30,14 @@ def _batch(seed):
     return rng.random((N, P, P, 1), np.float32), rng.random((N, P // 4, P // 4, 1), np.float32)
 
 
-def _assert_states_match(before, tf_groups, jax_groups, tol=0.2, floor=1e-6):
-    """Every counter equal; every float variable's change within tol of the TF change.
+def _assert_states_match(before, tf_groups, jax_groups, tol, floor=1e-5):
+    """Every counter equal; every float variable's change equal to within tol (L2 norms).
 
-    Measured on this test's state: one loss's generator gradient from JAX and from TF's unfused
-    BN path both agree with a float64 JAX gradient to 3e-6, while TF's fused BN path (the
-    default, layers.FUSED) is off by up to 1.7 % (not isolated: one ReflectConv alone agrees),
-    so the TF side runs unfused. Over a whole batch the updates still differ by up to 5 % of
-    their size in the first layers (mostly under 1 %; not explained yet); a wrong formula (a
-    missed repeat, the wrong optimizer, no clipping) moves a variable by its whole change.
+    Two float32 evaluations differ in rounding, and where a ReLU input lies within that
+    rounding of 0 the gradient jumps (measured: TF's fused and unfused BN paths flip one ReLU of
+    decoder_conv2_4 on this state, which moves single kernel-gradient entries by 1.7 % of the
+    largest). Norms over a whole variable are not thrown by one such entry; a wrong formula
+    (a missed repeat, the wrong optimizer, no clipping) moves a variable by its whole change.
     """
     assert list(tf_groups) == list(jax_groups)
     for g in tf_groups:
@@ -49,20 +48,24 @@ def _assert_states_match(before, tf_groups, jax_groups, tol=0.2, floor=1e-6):
             if a.dtype.kind == "i":
                 assert int(a) == int(b), path
             else:
-                change, err = float(np.abs(a - c).max()), float(np.abs(a - b).max())
+                change, err = float(np.linalg.norm(a - c)), float(np.linalg.norm(a - b))
                 assert err <= tol * change + floor, f"{path}: TF changed it by {change:.3g}, JAX differs by {err:.3g}"
 
 
-@pytest.mark.parametrize("preset,schedule,expected_steps", [
+# Measured (L2 norm of the TF/JAX difference over each variable's change, TF's default path):
+# no repeat: median 0.03 %, worst 0.3 %; with 3 forced repeats: medians 0.04-0.7 %, worst 3-8.5 %
+# (first generator layers and their RMSProp slots; the ReLU-kink jumps compound over the steps).
+@pytest.mark.parametrize("preset,schedule,expected_steps,tol", [
+    # one Dv, one Di, one G step
+    ("official", dict(l_max=10.0, l_min=0.0, g_max=1e9, max_repeats=1), (1, 1, 1), 0.01),
     # every D repeats to I_max, then adversarial G steps to I_max (phase 3)
-    ("official", dict(l_max=0.0, l_min=10.0, g_max=1e9, max_repeats=3), (3, 3, 3)),
+    ("official", dict(l_max=0.0, l_min=10.0, g_max=1e9, max_repeats=3), (3, 3, 3), 0.15),
     # no D repeat; full-loss G steps (phase 4) until I_max
-    ("official", dict(l_max=10.0, l_min=0.0, g_max=0.0, max_repeats=3), (1, 1, 3)),
+    ("official", dict(l_max=10.0, l_min=0.0, g_max=0.0, max_repeats=3), (1, 1, 3), 0.15),
     # the paper's numbers: no clipping, relative L_Gmax, LR decayed per batch (50 s: slow)
-    pytest.param("paper", dict(max_repeats=2), None, marks=pytest.mark.slow),
+    pytest.param("paper", dict(max_repeats=2), None, 0.15, marks=pytest.mark.slow),
 ])
-def test_one_jax_batch_equals_the_tf_train_step(tmp_path, monkeypatch, preset, schedule, expected_steps):
-    monkeypatch.setattr(layers, "FUSED", False)  # see _assert_states_match
+def test_one_jax_batch_equals_the_tf_train_step(tmp_path, preset, schedule, expected_steps, tol):
     cfg = C.get_preset(preset, 4, **schedule)
     tf.keras.utils.set_random_seed(3)
     model = DDcGAN(patch_size=P)
@@ -89,7 +92,7 @@ def test_one_jax_batch_equals_the_tf_train_step(tmp_path, monkeypatch, preset, s
 
     if expected_steps:
         assert (tf_out["dv_steps"], tf_out["di_steps"], tf_out["g_steps"]) == expected_steps
-    _assert_states_match(template, tf_groups, jax_groups)
+    _assert_states_match(template, tf_groups, jax_groups, tol)
     for k, v in tf_out.items():
         assert float(out[k]) == pytest.approx(v, rel=3e-2, abs=1e-5), k
 
