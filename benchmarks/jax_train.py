@@ -24,7 +24,6 @@ import argparse
 import dataclasses
 import json
 import os
-import re
 import sys
 import time
 
@@ -33,6 +32,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ddcgan_tf import config as C  # noqa: E402  (TensorFlow-free modules only)
+from ddcgan_tf.checkpoint import latest_checkpoint  # noqa: E402
+from ddcgan_tf.images import atomic_write  # noqa: E402
 
 NETS = ("generator", "dv", "di")
 OPTS = ("g", "g_adv", "dv", "di")
@@ -49,21 +50,30 @@ def read_state(path):
 
 
 def write_state(path, groups, attrs):
-    """Writes the layout of ddcgan_tf.checkpoint.save_state, atomically (temp name + rename)."""
-    tmp = path + ".tmp"
-    with h5py.File(tmp, "w") as f:
-        for g, items in groups.items():
-            grp = f.create_group(g)
-            for k, (p, value) in enumerate(items):
-                d = grp.create_dataset(f"{k:06d}", data=np.asarray(value))
-                d.attrs["path"] = p
-        for k, v in attrs.items():
-            f.attrs[k] = v
-    os.replace(tmp, path)
+    """Writes the layout of ddcgan_tf.checkpoint.save_state, atomically (images.atomic_write)."""
+    def write(tmp):
+        with h5py.File(tmp, "w") as f:
+            for g, items in groups.items():
+                grp = f.create_group(g)
+                for k, (p, value) in enumerate(items):
+                    grp.create_dataset(f"{k:06d}", data=np.asarray(value)).attrs["path"] = p
+            for k, v in attrs.items():
+                f.attrs[k] = v
+
+    atomic_write(path, write, suffix=".h5")
 
 
 def _short(path, net):
     return path.split(f"/{net}/", 1)[1]
+
+
+def _leaf(path):
+    return path.rsplit("/", 1)[-1]
+
+
+def _g_trainable(groups):
+    """Generator trainable names in file order: the order of the RMSProp slots."""
+    return [_short(p, "generator") for p, _ in groups["generator"] if _leaf(p) not in STATS]
 
 
 def unpack(groups):
@@ -72,18 +82,16 @@ def unpack(groups):
     state = {}
     for net in NETS:
         items = {_short(p, net): v for p, v in groups[net]}
-        state[net] = {k: jnp.asarray(v) for k, v in items.items() if k.rsplit("/", 1)[-1] not in STATS}
-        state[net + "_bn"] = {k: jnp.asarray(v) for k, v in items.items() if k.rsplit("/", 1)[-1] in STATS}
-    g_trainable = [_short(p, "generator") for p, _ in groups["generator"]
-                   if p.rsplit("/", 1)[-1] not in STATS]
+        state[net] = {k: jnp.asarray(v) for k, v in items.items() if _leaf(k) not in STATS}
+        state[net + "_bn"] = {k: jnp.asarray(v) for k, v in items.items() if _leaf(k) in STATS}
     for name in ("g", "g_adv"):
         slots = [v for p, v in groups[f"opt_{name}"] if p.endswith("_velocity")]
-        state[f"opt_{name}"] = dict(zip(g_trainable, (jnp.asarray(v) for v in slots)))
+        state[f"opt_{name}"] = dict(zip(_g_trainable(groups), (jnp.asarray(v) for v in slots)))
     for name in OPTS:
-        vals = {p.rsplit("/", 1)[-1]: v for p, v in groups[f"opt_{name}"]}
+        vals = {_leaf(p): v for p, v in groups[f"opt_{name}"]}
         state[f"it_{name}"] = jnp.asarray(vals["iteration"], jnp.int32)
         state[f"lr_{name}"] = jnp.asarray(vals["learning_rate"], jnp.float32)
-    counters = {p.rsplit("/", 1)[-1]: v for p, v in groups["counters"]}
+    counters = {_leaf(p): v for p, v in groups["counters"]}
     state["batch_count"] = jnp.asarray(counters["batch_count"], jnp.int32)
     state["optimizer_steps"] = jnp.asarray(counters["optimizer_steps"], jnp.int32)
     return state
@@ -97,13 +105,11 @@ def pack(state, template):
     for net in NETS:
         merged = {**state[net], **state[net + "_bn"]}
         out[net] = [(p, merged[_short(p, net)].astype(v.dtype)) for p, v in template[net]]
-    g_trainable = [_short(p, "generator") for p, _ in template["generator"]
-                   if p.rsplit("/", 1)[-1] not in STATS]  # the order of the RMSProp slots
     for name in OPTS:
         items = []
-        slots = iter([state[f"opt_{name}"][k] for k in g_trainable]) if name in ("g", "g_adv") else None
+        slots = iter([state[f"opt_{name}"][k] for k in _g_trainable(template)]) if name in ("g", "g_adv") else None
         for p, v in template[f"opt_{name}"]:
-            leaf = p.rsplit("/", 1)[-1]
+            leaf = _leaf(p)
             if leaf == "iteration":
                 value = state[f"it_{name}"]
             elif leaf == "learning_rate":
@@ -112,7 +118,7 @@ def pack(state, template):
                 value = next(slots)
             items.append((p, np.asarray(value).astype(v.dtype)))
         out[f"opt_{name}"] = items
-    out["counters"] = [(p, np.asarray(state[p.rsplit("/", 1)[-1]]).astype(v.dtype))
+    out["counters"] = [(p, np.asarray(state[_leaf(p)]).astype(v.dtype))
                        for p, v in template["counters"]]
     return {g: out[g] for g in template}  # the template's group order
 
@@ -246,7 +252,7 @@ class Trainer:
         dv_real, dvS = discriminator(st["dv"], dvS, vis)
         di_real, diS = discriminator(st["di"], diS, ir)
         g_adv = -jnp.mean(_log(dv_fake)) - jnp.mean(_log(di_fake))
-        ir_term = jnp.mean(jnp.sum(jnp.square(downsample(fused, self.scale) - ir), axis=(1, 2)))
+        ir_term = jnp.mean(jnp.sum(jnp.square(fused_lr - ir), axis=(1, 2)))
         grad_term = jnp.mean(jnp.sum(jnp.abs(gradient(fused) - gradient(vis)), axis=(1, 2)))
         g_loss = g_adv + cfg.content_weight * (cfg.ir_weight * ir_term + cfg.grad_weight * grad_term)
         out = {"g_loss": g_loss, "g_adv": g_adv, "ir_loss": ir_term, "grad_loss": grad_term,
@@ -352,12 +358,6 @@ class Trainer:
 
 
 # ---------------------------------------------------------------- the run
-def _latest(model_dir):
-    pat = re.compile(r"^ckpt-(\d+)\.h5$")
-    found = sorted((int(m.group(1)), n) for n in os.listdir(model_dir) if (m := pat.match(n)))
-    return os.path.join(model_dir, found[-1][1]) if found else None
-
-
 def load_patches(path):
     """(vis uint8/float, ir float32) arrays of a ddcgan-prepare patch set, vis scaled to [0, 1]."""
     with h5py.File(path, "r") as f:
@@ -376,7 +376,7 @@ def train(args):
     import jax
     import jax.numpy as jnp
     os.makedirs(args.model_dir, exist_ok=True)
-    resume = _latest(args.model_dir)
+    resume = latest_checkpoint(args.model_dir)
     template, attrs = read_state(resume or args.init)
     if resume:
         cfg = C.TrainConfig(**json.loads(attrs["train_config"]))

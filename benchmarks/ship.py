@@ -89,7 +89,7 @@ def main():
         "total_steps": previous_steps + steps, "run_started": started, **lineage,
     }
     if config.get("trainer"):  # batches trained elsewhere (benchmarks/jax_train.py on a GPU)
-        first = steps - len([r for r in logged if r["step"] <= steps]) + 1
+        first = logged[0]["step"]
         earlier = previous["machine"] if isinstance(previous["machine"], list) else [
             dict(previous["machine"], batches=f"1-{first - 1}")]
         run_info["machine"] = earlier + [{"batches": f"{first}-{steps}", "device": config["device"],
