@@ -92,6 +92,8 @@ def main():
         first = logged[0]["step"]
         earlier = previous["machine"] if isinstance(previous["machine"], list) else [
             dict(previous["machine"], batches=f"1-{first - 1}")]
+        # a re-ship of the same run replaces its own entry
+        earlier = [m for m in earlier if int(m["batches"].split("-")[0]) < first]
         run_info["machine"] = earlier + [{"batches": f"{first}-{steps}", "device": config["device"],
                                           "trainer": config["trainer"]}]
     bar = {"official_ddcgan_20_pairs": OFFICIAL} if has_bar else {}
