@@ -23,7 +23,7 @@ import numpy as np
 from ddcgan_tf.callbacks import read_step_log
 from ddcgan_tf.checkpoint import PATTERN, warm_start_file
 from ddcgan_tf.shipped import CHECKPOINT_ROOT, MANIFEST_FILE, ship
-from validate_tno import HELD_OUT, OFFICIAL, SHARED, TNO, table, validate
+from validate_tno import HELD_OUT, NAMES_HELP, OFFICIAL, SHARED, TNO, resolve_names, table, validate
 
 # mode -> (held-out names, high-resolution folder, low-resolution folder)
 HELD_OUT_PAIRS = {
@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--model_dir", required=True, help="its run directory (steps.jsonl, config.json)")
     ap.add_argument("--command", required=True, help="the ddcgan-train command that resumes it")
     ap.add_argument("--mode", choices=sorted(HELD_OUT_PAIRS), default="vis-ir")
+    ap.add_argument("--names", help="held-out scenes the run never saw (vis-ir default: held_out); "
+                    + NAMES_HELP)
     ap.add_argument("--notes", default="")
     ap.add_argument("--bn_mode", choices=["batch", "moving"],
                     help="BN statistics the shipped generator fuses with (default: the checkpoint's)")
@@ -61,12 +63,15 @@ def main():
         ap.error(f"{args.checkpoint}: not a ckpt-<batch>.h5 training checkpoint")
     steps = int(match.group(1))
     names, high_dir, low_dir = HELD_OUT_PAIRS[args.mode]
+    names = resolve_names(args.names, high_dir) if args.names else list(names)
     has_bar = args.mode == "vis-ir"  # the official numbers are for visible/infrared only
     results = validate(args.checkpoint, names, high_dir, low_dir)
     print(table(results, official=has_bar))
     logged = read_step_log(os.path.join(args.model_dir, "steps.jsonl"))
     started = logged[0]["time"] if logged else None  # identifies the run across its ships
-    if config.get("init_from") and previous.get("run_started") != started:
+    first = logged[0]["step"] if logged else 1
+    same_run = previous.get("run_started") == started
+    if config.get("init_from") and not same_run:
         # A fine-tune (--init_from) counts its batches from 0; record what it started from.
         shipped_state = warm_start_file(os.path.join(CHECKPOINT_ROOT, args.mode))  # what --init_from read
         if os.path.realpath(config["init_from"]) != os.path.realpath(shipped_state):
@@ -77,19 +82,24 @@ def main():
         lineage = {"init_from": {k: previous[k] for k in kept if k in previous}}
         previous_steps = previous.get("total_steps", previous["steps"])
         wall = previous["wall_time_s"] + training_seconds(logged, 0)
+    elif not same_run and first == 1:  # a new run from fresh weights: no history
+        lineage, previous_steps, wall = {}, 0, training_seconds(logged, 0)
     else:  # the run the replaced manifest shipped, further on
+        if not same_run and first != previous["steps"] + 1:
+            ap.error(f"{args.model_dir}: its log starts at batch {first}, but the shipped run ended at "
+                     f"{previous['steps']}, so its history is unknown here")
         lineage = {k: previous[k] for k in ("init_from",) if k in previous}
         previous_steps = previous.get("total_steps", previous["steps"]) - previous["steps"]
         wall = previous["wall_time_s"] + training_seconds(logged, previous["steps"])
+    data = dict(previous["data"], **({"held_out": names} if args.mode == "vis-ir" else {}))
     run_info = {
-        "batch_size": config["batch_size"], "command": args.command, "data": previous["data"],
+        "batch_size": config["batch_size"], "command": args.command, "data": data,
         "patches": config["patches"], "steps": steps, "steps_per_epoch": config["steps_per_epoch"],
         "epochs": round(steps / config["steps_per_epoch"], 4), "wall_time_s": round(wall, 1),
         "mixed_precision": config.get("mixed_precision", "float32"), "notes": args.notes,
         "total_steps": previous_steps + steps, "run_started": started, **lineage,
     }
     if config.get("trainer"):  # batches trained elsewhere (benchmarks/jax_train.py on a GPU)
-        first = logged[0]["step"]
         earlier = previous["machine"] if isinstance(previous["machine"], list) else [
             dict(previous["machine"], batches=f"1-{first - 1}")]
         # a re-ship of the same run replaces its own entry

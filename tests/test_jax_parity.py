@@ -25,6 +25,15 @@ spec.loader.exec_module(jt)
 P, N, SPE = 32, 4, 7
 
 
+@pytest.fixture(autouse=True, scope="module")
+def compilation_cache(tmp_path_factory):
+    """A resumed run compiles the same step again: let it read the first compile back."""
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax-cache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", None)
+
+
 def _batch(seed):
     rng = np.random.default_rng(seed)
     return rng.random((N, P, P, 1), np.float32), rng.random((N, P // 4, P // 4, 1), np.float32)

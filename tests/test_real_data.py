@@ -1,10 +1,11 @@
 """The TNO path on real images (skips cleanly without ../shared)."""
+import json
 import os
 
 import h5py
 import numpy as np
 
-from ddcgan_tf import images, metrics, shipped
+from ddcgan_tf import config, images, metrics, shipped
 from ddcgan_tf.checkpoint import load_generator
 from ddcgan_tf.fuse import Fuser, fit_sizes
 from ddcgan_tf.patches import build_patch_set
@@ -39,3 +40,17 @@ def test_shipped_weights_fuse_a_held_out_tno_scene():
     # the fused image keeps the infrared content: its 4x-pooled version is closer to the
     # low-resolution infrared than the visible image's is
     assert metrics.lowres_fidelity(fused, ir, 4)["PSNR_lr"] > metrics.lowres_fidelity(vis, ir, 4)["PSNR_lr"]
+
+
+def test_validation_splits_follow_their_rules():
+    """The shipped weights were validated on the scenes they never saw, and the split for the
+    next retrain is the documented rule's (every 4th size-matched pair in sorted order, from the 4th)."""
+    tno = shared_path("tno")
+    with open(os.path.join(shipped.CHECKPOINT_ROOT, "vis-ir", shipped.MANIFEST_FILE)) as f:
+        assert tuple(json.load(f)["data"]["held_out"]) == config.TNO_HELD_OUT
+    vis_files = images.list_images(os.path.join(tno, "vis"))
+    ir_files = images.list_images(os.path.join(tno, "ir"))
+    matched = sorted(n for n in vis_files
+                     if images.read_grey(vis_files[n]).shape == images.read_grey(ir_files[n]).shape)
+    assert len(matched) == 32
+    assert tuple(matched[3::4]) == config.TNO_HELD_OUT_8

@@ -1,0 +1,64 @@
+"""Packs the device job's run directories for the trip back (at most 8 files, 64 MiB together).
+
+  python3 benchmarks/gpu_job/pack.py RUNS_DIR OUT
+
+Per run: its newest checkpoint whole (to resume from), as OUT/<run>_ckpt-N.h5, and up to two
+earlier ones as generator-only files (to score) in OUT/<run>_gens.tar; and one OUT/logs.tar of
+every run's steps.jsonl, config.json and stdout. Generator files are left out, oldest first,
+while the total would pass BUDGET.
+"""
+import os
+import re
+import sys
+import tarfile
+
+import h5py
+
+BUDGET = 60 * 2**20
+EARLIER = 2
+
+
+def generator_only(src, dst):
+    with h5py.File(src, "r") as a, h5py.File(dst, "w") as b:
+        a.copy("generator", b)
+        b.attrs.update(dict(a.attrs))
+
+
+def main(src, out):
+    os.makedirs(out, exist_ok=True)
+    runs = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)))
+    total, earlier = 0, []
+    with tarfile.open(os.path.join(out, "logs.tar"), "w") as logs:
+        for run in runs:
+            d = os.path.join(src, run)
+            for name in ("steps.jsonl", "config.json"):
+                if os.path.exists(os.path.join(d, name)):
+                    logs.add(os.path.join(d, name), f"{run}/{name}")
+            if os.path.exists(os.path.join(src, run + ".log")):
+                logs.add(os.path.join(src, run + ".log"), f"{run}/stdout.log")
+            ckpts = sorted(n for n in os.listdir(d) if re.match(r"^ckpt-\d+\.h5$", n))
+            if not ckpts:
+                continue
+            newest = os.path.join(out, f"{run}_{ckpts[-1]}")
+            os.replace(os.path.join(d, ckpts[-1]), newest)
+            total += os.path.getsize(newest)
+            for n in reversed(ckpts[:-1][-EARLIER:]):  # newest first
+                g = os.path.join(d, "gen-" + n)
+                generator_only(os.path.join(d, n), g)
+                earlier.append((run, n, g))
+    kept = {}
+    for run, n, g in sorted(earlier, key=lambda e: -int(e[1][5:-3])):  # newest batches first
+        if total + os.path.getsize(g) <= BUDGET:
+            total += os.path.getsize(g)
+            kept.setdefault(run, []).append((n, g))
+        else:
+            print(f"left out {run}/{n}: over the {BUDGET >> 20} MiB budget")
+    for run, items in kept.items():
+        with tarfile.open(os.path.join(out, f"{run}_gens.tar"), "w") as t:
+            for n, g in items:
+                t.add(g, f"{run}/{n}")
+    print(f"packed {len(runs)} runs, {total / 2**20:.1f} MiB of checkpoints")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
