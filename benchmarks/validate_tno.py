@@ -29,8 +29,7 @@ from ddcgan_tf.fuse import Fuser, fit_sizes  # noqa: E402
 
 HELD_OUT = config.TNO_HELD_OUT
 # held_out_8 is for a retrain that holds it out, not for weights trained on the 31 scenes
-NAMED_SETS = {"held_out": HELD_OUT, "held_out_8": config.TNO_HELD_OUT_8}
-NAMES_HELP = 'comma list of stems, "all" pairs, or a named set: ' + ", ".join(NAMED_SETS)
+NAMES_HELP = 'comma list of stems, "all" pairs, or a named set: ' + ", ".join(config.TNO_SPLITS)
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 TNO = os.path.join(SHARED, "tno")
 # The official DDcGAN outputs on 20 multi-resolution TNO test pairs (issue "pretrained weights").
@@ -40,8 +39,8 @@ OFFICIAL = {"EN": 7.47, "SD": 48.3, "SF": 13.7, "AG": 5.78, "MI": 1.66, "SCD": 1
 
 def resolve_names(names, vis_dir):
     """--names: a named set, "all" (every image in vis_dir), or a comma list of stems."""
-    if names in NAMED_SETS:
-        return list(NAMED_SETS[names])
+    if names in config.TNO_SPLITS:
+        return list(config.TNO_SPLITS[names])
     return sorted(images.list_images(vis_dir)) if names == "all" else names.split(",")
 
 

@@ -30,6 +30,7 @@ GRADIENT_KERNEL = ((1 / 8, 1 / 8, 1 / 8), (1 / 8, -1.0, 1 / 8), (1 / 8, 1 / 8, 1
 TNO_HELD_OUT = ("soldier_behind_smoke_3", "Marne_24", "wall")
 TNO_HELD_OUT_8 = ("APC_2_view_1", "APC_3_view_2", "Farm", "Marne_24", "Veluwe", "houses_with_3_men",
                   "soldier_behind_smoke", "wall")
+TNO_SPLITS = {"held_out": TNO_HELD_OUT, "held_out_8": TNO_HELD_OUT_8}  # --names of the benchmarks
 
 
 @dataclasses.dataclass
