@@ -24,24 +24,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import scipy.ndimage as ndimage  # noqa: E402
 
-from ddcgan_tf import images, metrics  # noqa: E402
-from ddcgan_tf.fuse import fit_sizes  # noqa: E402
+from ddcgan_tf import images  # noqa: E402
 
 import validate_tno  # noqa: E402
 
 BOUNDS = {"a": (0.1, 0.8), "k": (0.0, 1.5), "g": (1.0, 2.5), "t": (0.0, 0.8)}
 SIGMAS = (1.0, 2.0, 4.0)
-
-
-def load_scenes(names, vis_dir, ir_dir):
-    """-> [(name, vis, ir (1/4), bicubic ir_up)], sized as validate_tno sizes them."""
-    vis_files, ir_files = images.list_images(vis_dir), images.list_images(ir_dir)
-    scenes = []
-    for name in names:
-        vis, ir = fit_sizes(images.read_grey(vis_files[name]), images.read_grey(ir_files[name]), 4)
-        up = np.clip(metrics.upsample_bicubic(ir * 255.0, vis.shape) / 255.0, 0, 1)
-        scenes.append((name, vis, ir, up))
-    return scenes
 
 
 def equalize(img):
@@ -61,7 +49,7 @@ def fuse(vis, up, a, k, s, g, t, stretch):
 
 def evaluate(scenes, p):
     """Mean of validate_tno.score over the scenes for parameters p."""
-    per = [validate_tno.score(fuse(vis, up, **p), vis, ir) for _, vis, ir, up in scenes]
+    per = [validate_tno.score(fuse(vis, up, **p), vis, ir) for vis, ir, up in scenes]
     return {key: float(np.nanmean([s[key] for s in per])) for key in validate_tno.OFFICIAL}
 
 
@@ -96,7 +84,8 @@ def search(scenes, evals, seed=0, log=print):
         tried.append((p, mean))
         if best is None or margin(mean) > margin(best[1]):
             best = (p, mean)
-            log(f"eval {i + 1}: margin {margin(mean):.3f}, beats {len(wins(mean))} of 13, {describe(p)}")
+            log(f"eval {i + 1}: margin {margin(mean):.3f}, beats {len(wins(mean))} of {len(validate_tno.OFFICIAL)}, "
+                f"{describe(p)}")
     return tried
 
 
@@ -113,7 +102,8 @@ def main():
     ap.add_argument("--evals", type=int, default=300, help="fusions to score")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    scenes = load_scenes(validate_tno.resolve_names(args.names, args.vis_dir), args.vis_dir, args.ir_dir)
+    names = validate_tno.resolve_names(args.names, args.vis_dir)
+    scenes = [scene[1:] for scene in validate_tno.load_scenes(names, args.vis_dir, args.ir_dir)]
     print(f"{len(scenes)} scenes, {args.evals} fusions")
     tried = search(scenes, args.evals, args.seed)
     by_margin = max(tried, key=lambda r: margin(r[1]))
@@ -123,7 +113,7 @@ def main():
     print(validate_tno.table(rows))
     for label, (p, mean) in (("best smallest ratio", by_margin), ("most numbers beaten", by_wins)):
         lost = [k for k in validate_tno.OFFICIAL if k not in wins(mean)]
-        print(f"{label}: beats {13 - len(lost)} of 13; short on {', '.join(lost) or 'nothing'}; "
+        print(f"{label}: beats {len(validate_tno.OFFICIAL) - len(lost)} of {len(validate_tno.OFFICIAL)}; short on {', '.join(lost) or 'nothing'}; "
               f"smallest ratio {margin(mean):.3f}")
     reach = {k: max(m[k] for _, m in tried) for k in validate_tno.OFFICIAL}
     print("best of each number over all fusions tried: "

@@ -44,6 +44,15 @@ def resolve_names(names, vis_dir):
     return sorted(images.list_images(vis_dir)) if names == "all" else names.split(",")
 
 
+def load_scenes(names, vis_dir, ir_dir):
+    """Yields (name, vis, ir at 1/4, bicubic ir upsampled and clipped to [0, 1]) per scene:
+    the visible image cropped to a multiple of 4, the infrared one downsampled as training does."""
+    vis_files, ir_files = images.list_images(vis_dir), images.list_images(ir_dir)
+    for name in names:
+        vis, ir = fit_sizes(images.read_grey(vis_files[name]), images.read_grey(ir_files[name]), 4)
+        yield name, vis, ir, np.clip(metrics.upsample_bicubic(ir * 255.0, vis.shape) / 255.0, 0, 1)
+
+
 def score(fused, vis, ir):
     s = metrics.evaluate_triple(fused, vis, ir)
     s.update(metrics.lowres_fidelity(fused, ir, 4))
@@ -60,14 +69,9 @@ def validate(checkpoint, names=HELD_OUT, vis_dir=os.path.join(TNO, "vis"), ir_di
     fusers = {m: Fuser(load_generator(checkpoint, bn_mode=m)) for m in modes}
     methods = list(modes) + ["average"]
     results = {k: {"per_image": {}} for k in methods + ([m + "+stretch" for m in methods] if stretch else [])}
-    vis_files, ir_files = images.list_images(vis_dir), images.list_images(ir_dir)
-    for name in names:
-        vis = images.read_grey(vis_files[name])
-        ir_full = images.read_grey(ir_files[name])
-        vis, ir = fit_sizes(vis, ir_full, 4)
-        up = metrics.upsample_bicubic(ir * 255.0, vis.shape) / 255.0
+    for name, vis, ir, up in load_scenes(names, vis_dir, ir_dir):
         outputs = {m: np.asarray(fuser(vis, ir)) for m, fuser in fusers.items()}
-        outputs["average"] = (vis + np.clip(up, 0, 1)) / 2
+        outputs["average"] = (vis + up) / 2
         for m, out in outputs.items():
             # score what a user gets: the 8-bit file
             results[m]["per_image"][name] = score(images.to_uint8(out) / 255.0, vis, ir)

@@ -8,11 +8,12 @@ every run's steps.jsonl, config.json and stdout. Generator files are left out, o
 while the total would pass BUDGET.
 """
 import os
-import re
 import sys
 import tarfile
 
 import h5py
+
+from ddcgan_tf.checkpoint import list_checkpoints  # TensorFlow-free, as jax_train.py uses it
 
 BUDGET = 60 * 2**20
 EARLIER = 2
@@ -36,18 +37,18 @@ def main(src, out):
                     logs.add(os.path.join(d, name), f"{run}/{name}")
             if os.path.exists(os.path.join(src, run + ".log")):
                 logs.add(os.path.join(src, run + ".log"), f"{run}/stdout.log")
-            ckpts = sorted(n for n in os.listdir(d) if re.match(r"^ckpt-\d+\.h5$", n))
+            ckpts = list_checkpoints(d)  # [(batch, path)], oldest first
             if not ckpts:
                 continue
-            newest = os.path.join(out, f"{run}_{ckpts[-1]}")
-            os.replace(os.path.join(d, ckpts[-1]), newest)
+            newest = os.path.join(out, f"{run}_{os.path.basename(ckpts[-1][1])}")
+            os.replace(ckpts[-1][1], newest)
             total += os.path.getsize(newest)
-            for n in reversed(ckpts[:-1][-EARLIER:]):  # newest first
-                g = os.path.join(d, "gen-" + n)
-                generator_only(os.path.join(d, n), g)
-                earlier.append((run, n, g))
+            for batch, path in ckpts[:-1][-EARLIER:]:
+                g = os.path.join(d, "gen-" + os.path.basename(path))
+                generator_only(path, g)
+                earlier.append((batch, run, os.path.basename(path), g))
     kept = {}
-    for run, n, g in sorted(earlier, key=lambda e: -int(e[1][5:-3])):  # newest batches first
+    for _, run, n, g in sorted(earlier, reverse=True):  # newest batches first
         if total + os.path.getsize(g) <= BUDGET:
             total += os.path.getsize(g)
             kept.setdefault(run, []).append((n, g))
