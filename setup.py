@@ -21,7 +21,8 @@ setup(
     extras_require={
         "test": ["pytest", "scikit-image", "hypothesis", "nbclient", "nbformat", "ipykernel",
                  "jax",  # tests/test_jax_parity.py: the GPU trainer against train_step
-                 "pytest-xdist"],  # -n 2: the suite in 9 minutes instead of 14 on 2 cores
+                 "pytest-xdist",  # -n 2: the suite in 9 minutes instead of 14 on 2 cores
+                 "pytest-timeout"],  # pytest.ini: a test that hangs fails with every thread's stack
     },
     entry_points={"console_scripts": [
         "ddcgan-prepare=ddcgan_tf.cli.prepare:run",

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 
@@ -111,6 +112,16 @@ def _free_ports(n):
     return ",".join(ports)
 
 
+def _wait_for_all(procs, timeout):
+    """Waits until every process has exited, or one has failed (its peers would wait for it in
+    the collective ops forever), or `timeout` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+        if any(p.returncode not in (None, 0) for p in procs):
+            return
+        time.sleep(0.2)
+
+
 def test_multiworker_training_equals_single_device(small_patch_set, tmp_path):
     """Two worker processes (MultiWorkerMirroredStrategy over TF_CONFIG on localhost) train the
     same global batches as one process: same schedule decisions, the same weights within
@@ -120,14 +131,24 @@ def test_multiworker_training_equals_single_device(small_patch_set, tmp_path):
     env = dict(os.environ, PYTHONPATH=REPO)
     ports = _free_ports(2)
     dirs = [str(tmp_path / name) for name in ("w0", "w1", "single")]
+    logs = [open(tmp_path / f"w{k}.log", "w+") for k in range(2)]
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, small_patch_set, dirs[k], ports, str(k)],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                                stdout=logs[k], stderr=subprocess.STDOUT, text=True, env=env)
                for k in range(2)]
-    single = subprocess.run([sys.executable, "-c", WORKER, small_patch_set, dirs[2], ports, "-1"],
-                            capture_output=True, text=True, env=env, timeout=900)
-    outs = [w.communicate(timeout=900) for w in workers]
-    for w, (out, err) in zip(workers, outs):
-        assert w.returncode == 0, err[-3000:]
+    try:
+        single = subprocess.run([sys.executable, "-c", WORKER, small_patch_set, dirs[2], ports, "-1"],
+                                capture_output=True, text=True, env=env, timeout=900)
+        _wait_for_all(workers, timeout=900)
+    finally:
+        for w in workers:  # a worker left waiting for a failed peer would never exit
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    for w, log in zip(workers, logs):
+        log.seek(0)
+        out = log.read()
+        log.close()
+        assert w.returncode == 0, out[-3000:]
         assert "REPLICAS 2" in out
     assert single.returncode == 0, single.stderr[-3000:]
 
