@@ -116,8 +116,9 @@ def _wait_for_all(procs, timeout):
     """Waits until every process has exited, or one has failed (its peers would wait for it in
     the collective ops forever), or `timeout` seconds have passed."""
     deadline = time.monotonic() + timeout
-    while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
-        if any(p.returncode not in (None, 0) for p in procs):
+    while time.monotonic() < deadline:
+        codes = [p.poll() for p in procs]
+        if None not in codes or any(c not in (None, 0) for c in codes):
             return
         time.sleep(0.2)
 
