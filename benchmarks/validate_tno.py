@@ -26,10 +26,12 @@ import numpy as np  # noqa: E402
 from ddcgan_tf import config, images, metrics  # noqa: E402
 from ddcgan_tf.checkpoint import load_generator  # noqa: E402
 from ddcgan_tf.fuse import Fuser, fit_sizes  # noqa: E402
+from ddcgan_tf.patches import source_names  # noqa: E402
 
 HELD_OUT = config.TNO_HELD_OUT
 # held_out_8 is for a retrain that holds it out, not for weights trained on the 31 scenes
-NAMES_HELP = 'comma list of stems, "all" pairs, or a named set: ' + ", ".join(config.TNO_SPLITS)
+NAMES_HELP = ('comma list of stems, "all" pairs, "trained:PATCHES.h5" (the pairs a patch set was cut '
+              'from), or a named set: ' + ", ".join(config.TNO_SPLITS))
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "shared", "data")
 TNO = os.path.join(SHARED, "tno")
 # The official DDcGAN outputs on 20 multi-resolution TNO test pairs (issue "pretrained weights").
@@ -38,9 +40,12 @@ OFFICIAL = {"EN": 7.47, "SD": 48.3, "SF": 13.7, "AG": 5.78, "MI": 1.66, "SCD": 1
 
 
 def resolve_names(names, vis_dir):
-    """--names: a named set, "all" (every image in vis_dir), or a comma list of stems."""
+    """--names: a named set, "all" (every image in vis_dir), "trained:PATCHES.h5" (the pairs that
+    patch set was cut from), or a comma list of stems."""
     if names in config.TNO_SPLITS:
         return list(config.TNO_SPLITS[names])
+    if names.startswith("trained:"):
+        return source_names(names[len("trained:"):])
     return sorted(images.list_images(vis_dir)) if names == "all" else names.split(",")
 
 
@@ -84,14 +89,26 @@ def validate(checkpoint, names=HELD_OUT, vis_dir=os.path.join(TNO, "vis"), ir_di
     return results
 
 
+def wins(mean):
+    """The bar's numbers that the mean scores beat (every one of them: higher is better)."""
+    return [k for k, v in OFFICIAL.items() if mean[k] > v]
+
+
+def margin(mean):
+    """The smallest score / bar ratio over the bar's numbers: above 1 when all are beaten."""
+    return min(mean[k] / v for k, v in OFFICIAL.items())
+
+
 def table(results, official=True):
-    """Markdown table of the mean scores over the official bar's keys (the bar first if official)."""
+    """Markdown table of the mean scores over the official bar's keys (the bar first if official),
+    with how many of them each method beats and its smallest score / bar ratio."""
     keys = list(OFFICIAL)
-    lines = ["| method | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    lines = ["| method | " + " | ".join(keys) + " | beats | min ratio |", "|---|" + "---:|" * (len(keys) + 2)]
     if official:
-        lines.append("| official DDcGAN (20 pairs) | " + " | ".join(f"{OFFICIAL[k]:.4g}" for k in keys) + " |")
+        lines.append("| official DDcGAN (20 pairs) | " + " | ".join(f"{OFFICIAL[k]:.4g}" for k in keys) + " | | |")
     for method, r in results.items():
-        lines.append(f"| {method} | " + " | ".join(f"{r['mean'][k]:.4g}" for k in keys) + " |")
+        lines.append(f"| {method} | " + " | ".join(f"{r['mean'][k]:.4g}" for k in keys)
+                     + f" | {len(wins(r['mean']))} | {margin(r['mean']):.3f} |")
     return "\n".join(lines)
 
 

@@ -1,9 +1,16 @@
-"""HDF5 patch sets -> tf.data, streamed (the set never has to fit in memory).
+"""HDF5 patch sets -> tf.data.
 
 Reads two layouts: ours (`vis`, `ir`, see `ddcgan_tf.patches`) and the official
 `Training_Dataset.h5` (`data`: N x 84 x 84 x 2, channel 0 visible, channel 1 infrared at full
 resolution, values in [0, 1]); for the latter the infrared patches are downsampled on the fly
 exactly as the official `train.py` does (scipy zoom 1/4 per patch).
+
+The set is read into memory once, by the thread that builds the dataset (the official
+`train.py` loads the whole file too; TNO's 30-40k patches take about 0.3 GB, visible patches
+kept in their 8-bit storage type). tf.data's threads then only slice numpy arrays: an HDF5 read
+there needs h5py's global lock, and a thread that drops an iterator waits for its in-flight
+reads and its finalizer. When that thread held the lock (an old iterator garbage-collected
+during a checkpoint write), training deadlocked (CI, 2026-11; tests/test_patches.py).
 """
 import os
 
@@ -103,36 +110,47 @@ class PatchSet:
     def __len__(self):
         return self.size
 
-    def read(self, f, start, stop):
-        """Patches [start, stop) as float32 (vis (n, P, P, 1), ir (n, P/s, P/s, 1)) in [0, 1]."""
+    def load(self):
+        """The whole set as numpy arrays in the file's types ({"vis", "ir"} or {"data"}): the
+        `source` of read() and blocks() that needs no HDF5 call."""
+        keys = ("vis", "ir") if self.layout == "ddcgan_tf" else ("data",)
+        try:
+            with h5py.File(self.path, "r") as f:
+                return {k: f[k][()] for k in keys}
+        except OSError as e:
+            raise InputError(self.path, f"cannot read the patches ({_first_line(e)})") from None
+
+    def read(self, source, start, stop):
+        """Patches [start, stop) of `source` (an open h5py.File, or load()'s arrays) as float32
+        (vis (n, P, P, 1), ir (n, P/s, P/s, 1)) in [0, 1]."""
         if self.layout == "ddcgan_tf":
-            vis = f["vis"][start:stop].astype(np.float32) / self.vis_max
-            ir = f["ir"][start:stop].astype(np.float32) / self.ir_max
+            vis = source["vis"][start:stop].astype(np.float32) / self.vis_max
+            ir = source["ir"][start:stop].astype(np.float32) / self.ir_max
             return vis, ir
-        d = f["data"]
+        d = source["data"]
         block = d[..., start:stop].T if self.transposed else d[start:stop]
         block = np.asarray(block, np.float32)
         vis = block[..., 0:1]
         ir = np.stack([downsample_ir(p, self.scale) for p in block[..., 1]])[..., None]
         return vis, ir
 
-    def blocks(self, block_size, rng=None):
-        """Yields (vis, ir) blocks of contiguous patches, in random block order if rng is given."""
+    def blocks(self, source, block_size, rng=None):
+        """Yields (vis, ir) blocks of contiguous patches of `source`, in random block order if
+        rng is given."""
         starts = np.arange(0, self.size, block_size)
         if rng is not None:
             rng.shuffle(starts)
-        with h5py.File(self.path, "r") as f:
-            for s in starts:
-                vis, ir = self.read(f, int(s), int(min(s + block_size, self.size)))
-                if rng is not None:
-                    order = rng.permutation(len(vis))
-                    vis, ir = vis[order], ir[order]
-                yield vis, ir
+        for s in starts:
+            vis, ir = self.read(source, int(s), int(min(s + block_size, self.size)))
+            if rng is not None:
+                order = rng.permutation(len(vis))
+                vis, ir = vis[order], ir[order]
+            yield vis, ir
 
 
 def make_dataset(path, batch_size=C.BATCH_SIZE, scale=C.SCALE, shuffle=True, seed=None,
                  block_size=256, shuffle_buffer=4096, repeat=True):
-    """tf.data of (vis, ir) batches streamed from an HDF5 patch set.
+    """tf.data of (vis, ir) batches from an HDF5 patch set, read into memory here (module doc).
 
     Shuffling: random order of contiguous 256-patch blocks, a permutation inside each block, then
     a `shuffle_buffer`-patch shuffle buffer across blocks. Incomplete last batches are dropped
@@ -144,12 +162,13 @@ def make_dataset(path, batch_size=C.BATCH_SIZE, scale=C.SCALE, shuffle=True, see
     if batch_size > len(patches):
         raise InputError(path, f"holds {len(patches)} patches, fewer than one batch of {batch_size}")
     p, q = patches.patch, patches.ir_patch
+    arrays = patches.load()
     epoch = [0]
 
     def generate():
         rng = np.random.default_rng(None if seed is None else seed + epoch[0]) if shuffle else None
         epoch[0] += 1
-        yield from patches.blocks(block_size, rng)
+        yield from patches.blocks(arrays, block_size, rng)
 
     ds = tf.data.Dataset.from_generator(
         generate, output_signature=(tf.TensorSpec((None, p, p, 1), tf.float32),

@@ -201,6 +201,18 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
             "failed": failed}
 
 
+def source_names(path):
+    """The file stems of the pairs a build_patch_set file was cut from (its attrs['sources'])."""
+    try:
+        with h5py.File(path, "r") as f:
+            sources = f.attrs.get("sources")
+    except (OSError, ValueError) as e:
+        raise InputError(path, f"cannot read the patch set: {e}") from None
+    if sources is None:
+        raise InputError(path, "has no list of source pairs (not written by ddcgan-prepare)")
+    return [s["name"] for s in json.loads(sources)]
+
+
 def _cut(vis, ir, patch, stride, scale, where, stem, on_mismatch, skipped, log):
     """cut_pair with the on_mismatch rule; (None, None) for a skipped pair."""
     try:

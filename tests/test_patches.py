@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import h5py
 import imageio.v3 as iio
@@ -8,9 +10,9 @@ import scipy.ndimage
 
 from ddcgan_tf.data import PatchSet, make_dataset
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.patches import build_patch_set, cut_pair
+from ddcgan_tf.patches import build_patch_set, cut_pair, source_names
 
-from conftest import write_pairs
+from conftest import REPO, write_pairs
 
 
 def quiet(*_):
@@ -51,16 +53,22 @@ def test_mismatched_pairs_are_skipped_reported_or_resized(tmp_path):
     out = str(tmp_path / "set.h5")
     summary = build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, log=quiet)
     assert [s["name"] for s in summary["skipped"]] == ["b"]
+    assert source_names(out) == ["a"]  # what validate_tno --names trained:FILE scores
     with pytest.raises(InputError, match="b.png"):
         build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, on_mismatch="error", log=quiet)
     summary = build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, on_mismatch="resize", log=quiet)
-    assert summary["pairs"] == 2 and not summary["skipped"]
+    assert summary["pairs"] == 2 and not summary["skipped"] and source_names(out) == ["a", "b"]
+    with h5py.File(tmp_path / "plain.h5", "w") as f:  # e.g. the official layout: no sources
+        f["data"] = np.zeros((2, 84, 84, 2), np.float32)
+    with pytest.raises(InputError, match="plain.h5.*no list of source pairs"):
+        source_names(str(tmp_path / "plain.h5"))
 
 
 def test_exclude_missing_partner_and_empty_directory(tmp_path):
     vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a", "b"))
     out = str(tmp_path / "set.h5")
     assert build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, exclude=["b"], log=quiet)["pairs"] == 1
+    assert source_names(out) == ["a"]
     os.remove(os.path.join(ir_dir, "b.png"))
     with pytest.raises(InputError, match="no ir partner named 'b"):
         build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, log=quiet)
@@ -70,7 +78,7 @@ def test_exclude_missing_partner_and_empty_directory(tmp_path):
         build_patch_set(str(empty), ir_dir, out, log=quiet)
 
 
-def test_dataset_streams_shuffled_batches(small_patch_set):
+def test_dataset_gives_shuffled_batches(small_patch_set):
     ds, patches = make_dataset(small_patch_set, batch_size=4, seed=0, block_size=5, shuffle_buffer=8)
     vis, ir = next(iter(ds))
     assert vis.shape == (4, 32, 32, 1) and ir.shape == (4, 8, 8, 1)
@@ -83,6 +91,26 @@ def test_dataset_streams_shuffled_batches(small_patch_set):
     assert len(seen) == len(patches) == len(truth)
     assert sorted(np.round(np.asarray(seen, np.float64), 2).tolist()) == \
         sorted(np.round(np.asarray(truth, np.float64), 2).tolist())
+
+
+def test_dropping_an_iterator_needs_no_hdf5_lock(small_patch_set):
+    """A thread that drops a started iterator waits for tf.data's threads (in-flight reads and the
+    generator's finalizer). If they read HDF5, a drop while that thread held h5py's global lock
+    (an old iterator garbage-collected during a checkpoint write) deadlocked: CI hung here. A
+    subprocess, so a regression fails at the time limit instead of hanging the suite."""
+    script = (
+        "import sys, h5py._objects\n"
+        "from ddcgan_tf.data import make_dataset\n"
+        "ds, _ = make_dataset(sys.argv[1], batch_size=4, seed=0, block_size=8)\n"
+        "it = iter(ds)\n"
+        "next(it)\n"
+        "with h5py._objects.phil:  # what h5py holds during any call, e.g. create_dataset\n"
+        "    del it\n"
+        "print('DROPPED')\n")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    r = subprocess.run([sys.executable, "-c", script, small_patch_set], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0 and "DROPPED" in r.stdout, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("matlab_order", [False, True])
