@@ -1,10 +1,12 @@
 """Speed of the training step and of fusing on this machine (prints numbers; not a test).
 
   python benchmarks/bench.py [--batch 24] [--repeats 3] [--quick] [--mixed_precision mixed_bfloat16]
+                             [--data tno.h5]
 
 Train step = one batch of the schedule with I_max = 1 (exactly one Dv, one Di and one G step,
 plus the loss evaluations the schedule needs), timed eager, under tf.function and with XLA.
---mixed_precision mixed_bfloat16 times everything under that Keras policy.
+--mixed_precision mixed_bfloat16 times everything under that Keras policy. --data also times the
+input pipeline (data.make_dataset): reading the set into memory, then batches per second.
 """
 import argparse
 import os
@@ -18,6 +20,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from ddcgan_tf import config as C  # noqa: E402
+from ddcgan_tf.data import make_dataset  # noqa: E402
 from ddcgan_tf.ddcgan import DDcGAN  # noqa: E402
 from ddcgan_tf.fuse import Fuser  # noqa: E402
 
@@ -57,6 +60,7 @@ def main():
     ap.add_argument("--official_decoder", type=int, default=1)
     ap.add_argument("--mixed_precision", default="float32",
                     choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    ap.add_argument("--data", help="also time the input pipeline on this HDF5 patch set")
     args = ap.parse_args()
     keras.mixed_precision.set_global_policy(args.mixed_precision)
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, devices: "
@@ -66,6 +70,19 @@ def main():
     print(f"matmul 2048^3 float32 (practical peak): {peak:.1f} GFLOP/s")
     rng = np.random.default_rng(0)
     b = args.batch
+    if args.data:
+        t0 = time.perf_counter()
+        ds, patches = make_dataset(args.data, batch_size=b, seed=0)
+        load = time.perf_counter() - t0
+        it = iter(ds)
+        next(it)
+        n = 300
+        t0 = time.perf_counter()
+        for _ in range(n):
+            next(it)
+        t = (time.perf_counter() - t0) / n
+        print(f"input pipeline, {len(patches)} patches: read into memory in {load:.1f} s, then "
+              f"{1 / t:.0f} batches of {b} per second ({1000 * t:.1f} ms a batch)")
     data = (tf.constant(rng.random((b, 84, 84, 1), np.float32)),
             tf.constant(rng.random((b, 21, 21, 1), np.float32)))
     model = DDcGAN(official_decoder=bool(args.official_decoder))
