@@ -27,6 +27,7 @@ import scipy.ndimage as ndimage  # noqa: E402
 from ddcgan_tf import images  # noqa: E402
 
 import validate_tno  # noqa: E402
+from validate_tno import margin, wins  # noqa: E402
 
 BOUNDS = {"a": (0.1, 0.8), "k": (0.0, 1.5), "g": (1.0, 2.5), "t": (0.0, 0.8)}
 SIGMAS = (1.0, 2.0, 4.0)
@@ -73,9 +74,9 @@ def search(scenes, evals, seed=0, log=print):
         p = draw() if explore else draw(best[0], width=max(0.1, 1.0 - i / evals))
         mean = evaluate(scenes, p)
         tried.append((p, mean))
-        if best is None or validate_tno.margin(mean) > validate_tno.margin(best[1]):
+        if best is None or margin(mean) > margin(best[1]):
             best = (p, mean)
-            log(f"eval {i + 1}: margin {validate_tno.margin(mean):.3f}, beats {len(validate_tno.wins(mean))} of {len(validate_tno.OFFICIAL)}, "
+            log(f"eval {i + 1}: margin {margin(mean):.3f}, beats {len(wins(mean))} of {len(validate_tno.OFFICIAL)}, "
                 f"{describe(p)}")
     return tried
 
@@ -97,15 +98,15 @@ def main():
     scenes = [scene[1:] for scene in validate_tno.load_scenes(names, args.vis_dir, args.ir_dir)]
     print(f"{len(scenes)} scenes, {args.evals} fusions")
     tried = search(scenes, args.evals, args.seed)
-    by_margin = max(tried, key=lambda r: validate_tno.margin(r[1]))
-    by_wins = max(tried, key=lambda r: (len(validate_tno.wins(r[1])), validate_tno.margin(r[1])))
+    by_margin = max(tried, key=lambda r: margin(r[1]))
+    by_wins = max(tried, key=lambda r: (len(wins(r[1])), margin(r[1])))
     rows = {"best smallest ratio: " + describe(by_margin[0]): {"mean": by_margin[1]},
             "most numbers beaten: " + describe(by_wins[0]): {"mean": by_wins[1]}}
     print(validate_tno.table(rows))
     for label, (p, mean) in (("best smallest ratio", by_margin), ("most numbers beaten", by_wins)):
-        lost = [k for k in validate_tno.OFFICIAL if k not in validate_tno.wins(mean)]
+        lost = [k for k in validate_tno.OFFICIAL if k not in wins(mean)]
         print(f"{label}: beats {len(validate_tno.OFFICIAL) - len(lost)} of {len(validate_tno.OFFICIAL)}; short on {', '.join(lost) or 'nothing'}; "
-              f"smallest ratio {validate_tno.margin(mean):.3f}")
+              f"smallest ratio {margin(mean):.3f}")
     reach = {k: max(m[k] for _, m in tried) for k in validate_tno.OFFICIAL}
     print("best of each number over all fusions tried: "
           + ", ".join(f"{k} {v:.3g}" for k, v in reach.items()))
