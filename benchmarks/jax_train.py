@@ -9,7 +9,9 @@ format of `ddcgan_tf.checkpoint`: it starts from a ckpt-*.h5 / train_state.h5 wr
 steps.jsonl and config.json in a run directory, so `ddcgan-train` resumes the run and
 `benchmarks/validate_tno.py` / `benchmarks/ship.py` score and ship it as any other.
 tests/test_jax_parity.py checks, on the CPU, that one batch here updates every variable,
-counter and optimizer slot as the TF step does.
+counter and optimizer slot as the TF step does. `Fuser` is the inference call, so checkpoints
+are scored where they are made (validate_tno.py --backend jax, gpu_job/choose.py);
+tests/test_gpu_job.py checks it against ddcgan_tf.fuse.Fuser.
 
 Differences from `ddcgan-train`, by design: the batches are a fresh permutation of the patch
 set per epoch (numpy, seeded), not tf.data's block shuffle; the whole schedule of a batch is one
@@ -22,6 +24,7 @@ TF32 convolutions by default, as TensorFlow does on the same GPU.
 """
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -32,7 +35,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ddcgan_tf import config as C  # noqa: E402  (TensorFlow-free modules only)
-from ddcgan_tf.checkpoint import latest_checkpoint  # noqa: E402
+from ddcgan_tf.checkpoint import latest_checkpoint, read_configs, resolve  # noqa: E402
+from ddcgan_tf.errors import InputError  # noqa: E402
 from ddcgan_tf.images import atomic_write  # noqa: E402
 
 NETS = ("generator", "dv", "di")
@@ -130,20 +134,25 @@ def _jax():
     return jax, jnp
 
 
-def conv_block(P, S, name, x, stride=1, bn=True, relu=True, update=True, skip_bn=False):
-    """ReflectConv: reflect pad 1, 3x3 VALID conv + bias, BN (batch statistics), ReLU."""
+def conv_block(P, S, name, x, stride=1, bn=True, relu=True, update=True, skip_bn=False, moving=False):
+    """ReflectConv: reflect pad 1, 3x3 VALID conv + bias, BN, ReLU. BN uses the batch's
+    statistics (and updates the moving averages if `update`), or with `moving` the moving
+    averages (layers.BatchNorm: training, mode "batch", mode "moving")."""
     jax, jnp = _jax()
     x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
     x = jax.lax.conv_general_dilated(x, P[f"{name}/conv/kernel"], (stride, stride), "VALID",
                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
     x = x + P[f"{name}/conv/bias"]
     if bn and not skip_bn:
-        mean = jnp.mean(x, axis=(0, 1, 2))
-        var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))  # biased, as tf.nn.moments
+        mm, mv = f"{name}/bn/moving_mean", f"{name}/bn/moving_variance"
+        if moving:
+            mean, var = S[mm], S[mv]
+        else:
+            mean = jnp.mean(x, axis=(0, 1, 2))
+            var = jnp.mean(jnp.square(x - mean), axis=(0, 1, 2))  # biased, as tf.nn.moments
         x = (x - mean) * jax.lax.rsqrt(var + C.BN_EPSILON) * P[f"{name}/bn/gamma"] + P[f"{name}/bn/beta"]
-        if update:
+        if update and not moving:
             m = C.BN_MOMENTUM
-            mm, mv = f"{name}/bn/moving_mean", f"{name}/bn/moving_variance"
             S = {**S, mm: m * S[mm] + (1 - m) * jax.lax.stop_gradient(mean),
                  mv: m * S[mv] + (1 - m) * jax.lax.stop_gradient(var)}
     return (jax.nn.relu(x) if relu else x), S
@@ -159,20 +168,22 @@ def deconv(kernel, x, stride):
     return jax.linear_transpose(conv, out)(x)[0]
 
 
-def generator(P, S, vis, ir, scale=C.SCALE, official_decoder=True, update=True):
-    """ddcgan_tf.generator.Generator.call(training=True)."""
+def generator(P, S, vis, ir, scale=C.SCALE, official_decoder=True, update=True, moving=False):
+    """ddcgan_tf.generator.Generator.call(training=True); with update=False, the inference call
+    (BN mode "batch"; "moving" with moving=True)."""
     jax, jnp = _jax()
+    kw = dict(update=update, moving=moving)
     if scale > 1:
         ir, vis = deconv(P["deconv_ir/kernel"], ir, scale), deconv(P["deconv_vis/kernel"], vis, 1)
-    x, S = conv_block(P, S, "encoder_conv1_1", jnp.concatenate([vis, ir], axis=3), update=update)
+    x, S = conv_block(P, S, "encoder_conv1_1", jnp.concatenate([vis, ir], axis=3), **kw)
     for k in range(1, 5):
-        y, S = conv_block(P, S, f"encoder_dense_block_conv{k}", x, update=update)
+        y, S = conv_block(P, S, f"encoder_dense_block_conv{k}", x, **kw)
         x = jnp.concatenate([y, x], axis=3)
     if official_decoder:
-        x, S = conv_block(P, S, "decoder_conv2_1", x, skip_bn=True, update=update)
+        x, S = conv_block(P, S, "decoder_conv2_1", x, skip_bn=True, **kw)
     for k in range(1, 5):
-        x, S = conv_block(P, S, f"decoder_conv2_{k}", x, update=update)
-    x, S = conv_block(P, S, "decoder_conv2_5", x, bn=False, relu=False, update=update)
+        x, S = conv_block(P, S, f"decoder_conv2_{k}", x, **kw)
+    x, S = conv_block(P, S, "decoder_conv2_5", x, bn=False, relu=False, **kw)
     return jnp.tanh(x) / 2.0 + 0.5, S
 
 
@@ -184,6 +195,55 @@ def discriminator(P, S, x):
     x, S = conv_block(P, S, "conv3", x, stride=2)
     x = x.reshape(x.shape[0], -1) @ P["flatten1_dense/kernel"] + P["flatten1_dense/bias"]
     return jnp.tanh(x) / 2.0 + 0.5, S
+
+
+# ---------------------------------------------------------------- fusing (ddcgan_tf.fuse.Fuser)
+def read_generator(path):
+    """(weights, BN statistics, model_config) of the generator in a checkpoint, train_state or
+    generator file, or a directory holding one (ddcgan_tf.checkpoint.resolve); numpy dicts keyed
+    as `generator` reads them."""
+    path = resolve(path)
+    model_config, _ = read_configs(path)
+    with h5py.File(path, "r") as f:
+        if "generator" not in f:
+            raise InputError(path, "holds no generator weights")
+        g = f["generator"]
+        items = {g[k].attrs["path"].split("generator/", 1)[1]: g[k][()] for k in g}
+    P = {k: v for k, v in items.items() if _leaf(k) not in STATS}
+    S = {k: v for k, v in items.items() if _leaf(k) in STATS}
+    return P, S, model_config
+
+
+@functools.lru_cache(maxsize=None)
+def _fuse_fn(scale, official_decoder, moving):
+    """One jitted inference function per generator option, shared by every Fuser: its compiled
+    sizes serve every checkpoint that is scored."""
+    jax, _ = _jax()
+    return jax.jit(lambda P, S, v, i: generator(P, S, v, i, scale=scale, official_decoder=official_decoder,
+                                                update=False, moving=moving)[0])
+
+
+class Fuser:
+    """ddcgan_tf.fuse.Fuser in JAX, for machines without TensorFlow: vis (H, W) and ir
+    (H/s, W/s) in [0, 1] -> fused (H, W) float32. bn_mode "batch" (the image's own statistics,
+    the default of ddcgan-fuse) or "moving". One compile per image size."""
+
+    def __init__(self, path, bn_mode="batch"):
+        if bn_mode not in ("batch", "moving"):
+            raise ValueError(f"bn_mode must be 'batch' or 'moving', not {bn_mode!r}")
+        _, jnp = _jax()
+        P, S, mc = read_generator(path)
+        self.scale = int(mc.get("scale", C.SCALE))
+        self._P = {k: jnp.asarray(v) for k, v in P.items()}
+        self._S = {k: jnp.asarray(v) for k, v in S.items()}
+        self._fn = _fuse_fn(self.scale, bool(mc.get("official_decoder", True)), bn_mode == "moving")
+
+    def __call__(self, vis, ir):
+        vis, ir = np.asarray(vis, np.float32), np.asarray(ir, np.float32)
+        if ir.shape != (vis.shape[0] // self.scale, vis.shape[1] // self.scale) or vis.shape[0] % self.scale \
+                or vis.shape[1] % self.scale:
+            raise ValueError(f"sizes {vis.shape} and {ir.shape} do not fit the scale {self.scale}")
+        return np.asarray(self._fn(self._P, self._S, vis[None, ..., None], ir[None, ..., None]))[0, ..., 0]
 
 
 # ---------------------------------------------------------------- losses (ddcgan_tf.losses)

@@ -14,8 +14,11 @@ The average fusion (VIS + bicubic IR) / 2 is scored the same way as a baseline.
 With --stretch each method is also scored after the official output step: the official
 generate.py saves the float output with scipy.misc.imsave, which min-max stretches every image
 to 0..255 (scipy.misc.bytescale), so the published DDcGAN images, and the bar, went through it.
+--backend jax fuses with the JAX transcription (jax_train.Fuser, same outputs to ~1e-5) on
+machines without TensorFlow; --workers N scores in N processes.
 """
 import argparse
+import contextlib
 import json
 import os
 
@@ -23,10 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
-from ddcgan_tf import config, images, metrics  # noqa: E402
-from ddcgan_tf.checkpoint import load_generator  # noqa: E402
-from ddcgan_tf.fuse import Fuser, fit_sizes  # noqa: E402
-from ddcgan_tf.patches import source_names  # noqa: E402
+from ddcgan_tf import config, images, metrics  # noqa: E402  (TensorFlow-free modules only:
+from ddcgan_tf.patches import fit_sizes, source_names  # noqa: E402  --backend jax runs without it)
 
 HELD_OUT = config.TNO_HELD_OUT
 # held_out_8 is for a retrain that holds it out, not for weights trained on the 31 scenes
@@ -64,28 +65,51 @@ def score(fused, vis, ir):
     return s
 
 
+def _score8(args):
+    """score() of an 8-bit output (what a user gets: the file); a picklable pool task."""
+    fused8, vis, ir = args
+    return score(fused8 / 255.0, vis, ir)
+
+
+def make_fusers(checkpoint, modes, backend="tf"):
+    """{bn_mode: fuse(vis, ir) -> fused float image}: ddcgan_tf.fuse.Fuser (TensorFlow), or
+    jax_train.Fuser, the JAX transcription, where TensorFlow is missing (backend="jax")."""
+    if backend == "jax":
+        from jax_train import Fuser as JaxFuser
+        return {m: JaxFuser(checkpoint, m) for m in modes}
+    from ddcgan_tf.checkpoint import load_generator
+    from ddcgan_tf.fuse import Fuser
+    return {m: Fuser(load_generator(checkpoint, bn_mode=m)) for m in modes}
+
+
 def validate(checkpoint, names=HELD_OUT, vis_dir=os.path.join(TNO, "vis"), ir_dir=os.path.join(TNO, "ir"),
-             modes=("batch", "moving"), log=print, stretch=False):
+             modes=("batch", "moving"), log=print, stretch=False, backend="tf", pool=None, baseline=True):
     """-> {method: {"per_image": {name: scores}, "mean": scores}}.
 
     The infrared (or PET) image may be full resolution (downsampled here) or already 1/4.
     stretch=True adds "<method>+stretch": the same output min-max stretched (official imsave).
+    baseline=True adds the "average" method. pool: an Executor to score in (its map is used).
     """
-    fusers = {m: Fuser(load_generator(checkpoint, bn_mode=m)) for m in modes}
-    methods = list(modes) + ["average"]
-    results = {k: {"per_image": {}} for k in methods + ([m + "+stretch" for m in methods] if stretch else [])}
+    fusers = make_fusers(checkpoint, modes, backend) if modes else {}
+    methods = list(modes) + (["average"] if baseline else [])
+    keys, tasks = [], []
     for name, vis, ir, up in load_scenes(names, vis_dir, ir_dir):
         outputs = {m: np.asarray(fuser(vis, ir)) for m, fuser in fusers.items()}
-        outputs["average"] = (vis + up) / 2
-        for m, out in outputs.items():
-            # score what a user gets: the 8-bit file
-            results[m]["per_image"][name] = score(images.to_uint8(out) / 255.0, vis, ir)
+        if baseline:
+            outputs["average"] = (vis + up) / 2
+        for m in methods:
+            keys.append((m, name))
+            tasks.append((images.to_uint8(outputs[m]), vis, ir))
             if stretch:
-                results[m + "+stretch"]["per_image"][name] = score(images.to_uint8(out, stretch=True) / 255.0, vis, ir)
-        log(f"scored {name}")
+                keys.append((m + "+stretch", name))
+                tasks.append((images.to_uint8(outputs[m], stretch=True), vis, ir))
+        log(f"fused {name}")
+    results = {m: {"per_image": {}} for m in methods + ([m + "+stretch" for m in methods] if stretch else [])}
+    for (m, name), s in zip(keys, pool.map(_score8, tasks) if pool else map(_score8, tasks)):
+        results[m]["per_image"][name] = s
     for r in results.values():
-        keys = next(iter(r["per_image"].values())).keys()
-        r["mean"] = {k: float(np.nanmean([s[k] for s in r["per_image"].values()])) for k in keys}
+        metric_names = next(iter(r["per_image"].values())).keys()
+        r["mean"] = {k: float(np.nanmean([s[k] for s in r["per_image"].values()])) for k in metric_names}
     return results
 
 
@@ -112,6 +136,16 @@ def table(results, official=True):
     return "\n".join(lines)
 
 
+def make_pool(workers):
+    """A process pool for scoring (spawned: a forked JAX or TensorFlow process can deadlock), or
+    a context that gives None (score in this process) for workers <= 1."""
+    if workers <= 1:
+        return contextlib.nullcontext()
+    import concurrent.futures
+    import multiprocessing
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", help="needed unless --modes is empty")
@@ -123,12 +157,17 @@ def main():
     ap.add_argument("--stretch", action="store_true",
                     help="also score every method min-max stretched, as the official imsave wrote it")
     ap.add_argument("--json")
+    ap.add_argument("--backend", choices=("tf", "jax"), default="tf",
+                    help="jax: fuse with the JAX transcription (benchmarks/jax_train.py), no TensorFlow")
+    ap.add_argument("--workers", type=int, default=1, help="processes to score in")
     args = ap.parse_args()
     modes = tuple(m for m in args.modes.split(",") if m)
     if modes and not args.checkpoint:
         ap.error("--checkpoint is required unless --modes is empty")
     names = resolve_names(args.names, args.vis_dir)
-    results = validate(args.checkpoint, names, args.vis_dir, args.ir_dir, modes=modes, stretch=args.stretch)
+    with make_pool(args.workers) as pool:
+        results = validate(args.checkpoint, names, args.vis_dir, args.ir_dir, modes=modes,
+                           stretch=args.stretch, backend=args.backend, pool=pool)
     print(table(results))
     if args.json:
         with open(args.json, "w") as f:

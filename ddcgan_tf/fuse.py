@@ -9,13 +9,12 @@ any other infrared size is resampled bicubically to (H/s) x (W/s).
 import os
 
 import numpy as np
-import scipy.ndimage
 import tensorflow as tf
 
 from ddcgan_tf import images
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.generator import check_sizes
-from ddcgan_tf.patches import downsample_ir
+from ddcgan_tf.patches import fit_sizes  # noqa: F401 (the --resize rule; TF-free there)
 
 
 class Fuser:
@@ -41,21 +40,6 @@ class Fuser:
         vis, ir = self.prepare(vis, ir, resize, vis_name, ir_name)
         out = self._fn(vis[None, ..., None], ir[None, ..., None])
         return out.numpy()[0, ..., 0]
-
-
-def fit_sizes(vis, ir, scale):
-    """The `resize=True` rule of this module's docstring."""
-    full = vis.shape
-    h, w = (full[0] // scale) * scale, (full[1] // scale) * scale
-    vis, target = vis[:h, :w], (h // scale, w // scale)
-    if ir.shape == target:
-        return vis, ir
-    if ir.shape == full:
-        return vis, downsample_ir(ir[:h, :w], scale)
-    factors = (target[0] / ir.shape[0], target[1] / ir.shape[1])
-    out = scipy.ndimage.zoom(ir.astype(np.float64), factors, order=3)[:target[0], :target[1]]
-    out = np.pad(out, [(0, target[0] - out.shape[0]), (0, target[1] - out.shape[1])], mode="edge")
-    return vis, np.clip(out, 0, 1).astype(np.float32)
 
 
 def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=False, tile=None):

@@ -35,6 +35,23 @@ def downsample_ir(patch, scale):
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+def fit_sizes(vis, ir, scale):
+    """The `resize=True` rule of ddcgan_tf.fuse (visible cropped to a multiple of `scale`; an
+    infrared image of the visible size downsampled as in training, any other size resampled
+    bicubically); here, beside downsample_ir, so TensorFlow-free tools use it too."""
+    full = vis.shape
+    h, w = (full[0] // scale) * scale, (full[1] // scale) * scale
+    vis, target = vis[:h, :w], (h // scale, w // scale)
+    if ir.shape == target:
+        return vis, ir
+    if ir.shape == full:
+        return vis, downsample_ir(ir[:h, :w], scale)
+    factors = (target[0] / ir.shape[0], target[1] / ir.shape[1])
+    out = scipy.ndimage.zoom(ir.astype(np.float64), factors, order=3)[:target[0], :target[1]]
+    out = np.pad(out, [(0, target[0] - out.shape[0]), (0, target[1] - out.shape[1])], mode="edge")
+    return vis, np.clip(out, 0, 1).astype(np.float32)
+
+
 def _positions(length, patch, stride):
     return range(0, length - patch + 1, stride)
 

@@ -4,9 +4,11 @@
 
 Per run: its newest checkpoint whole (to resume from), as OUT/<run>_ckpt-N.h5, and up to two
 earlier ones as generator-only files (to score) in OUT/<run>_gens.tar; and one OUT/logs.tar of
-every run's steps.jsonl, config.json and stdout. Generator files are left out, oldest first,
-while the total would pass BUDGET.
+every run's steps.jsonl, config.json and stdout, and of choose.py's choice.json / choice.md when
+RUNS_DIR holds them. Generator files are left out, oldest first, while the total would pass
+BUDGET; the chosen checkpoint's is kept before any other.
 """
+import json
 import os
 import sys
 import tarfile
@@ -29,7 +31,14 @@ def main(src, out):
     os.makedirs(out, exist_ok=True)
     runs = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)))
     total, earlier = 0, []
+    chosen = None
+    if os.path.exists(os.path.join(src, "choice.json")):
+        with open(os.path.join(src, "choice.json")) as f:
+            chosen = tuple(json.load(f)["held_out"]["checkpoint"].split("/"))  # (run, ckpt-N.h5)
     with tarfile.open(os.path.join(out, "logs.tar"), "w") as logs:
+        for name in ("choice.json", "choice.md"):
+            if os.path.exists(os.path.join(src, name)):
+                logs.add(os.path.join(src, name), name)
         for run in runs:
             d = os.path.join(src, run)
             for name in ("steps.jsonl", "config.json"):
@@ -48,7 +57,8 @@ def main(src, out):
                 generator_only(path, g)
                 earlier.append((batch, run, os.path.basename(path), g))
     kept = {}
-    for _, run, n, g in sorted(earlier, reverse=True):  # newest batches first
+    # the chosen one first, then the newest batches
+    for _, run, n, g in sorted(earlier, key=lambda e: ((e[1], e[2]) == chosen, e[0]), reverse=True):
         if total + os.path.getsize(g) <= BUDGET:
             total += os.path.getsize(g)
             kept.setdefault(run, []).append((n, g))

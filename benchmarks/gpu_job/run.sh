@@ -1,8 +1,14 @@
 #!/bin/bash
 # GPU device job (runs there, JAX without TensorFlow): builds the TNO patch set without the
 # held-out scenes, trains three runs side by side with benchmarks/jax_train.py for SECONDS each,
-# and packs them into OUT for the trip back (pack.py). Staged by stage.sh.
+# chooses among their checkpoints by the rule WORKSPACE.md declares (choose.py: scored on the
+# training pairs, the winner alone on the held-out set; at most CHOOSE_SECS, default 170), and
+# packs them into OUT for the trip back (pack.py). Staged by stage.sh.
 #   usage: bash benchmarks/gpu_job/run.sh SECONDS OUT [HELD_OUT_SET]
+# Within the device tool's 600 s a call: SECONDS 300 leaves about 130 s for the patch set,
+# JAX start-up and compiles, and the pack.
+# A smoke test on a CPU: TNO=<a folder with a few pairs> JAX_ARGS="--batch_size 2 --max_repeats 1
+# --steps 2 --checkpoint_every 1" (JAX_ARGS is appended to every run's flags).
 # HELD_OUT_SET: a key of ddcgan_tf.config.TNO_SPLITS (default held_out_8).
 # The runs, all from the same fresh state (.gpu/init.h5), official preset, a checkpoint every
 # 1000 batches: I_max 2 (what the shipped weights' first 2220 batches used); I_max 2 with the
@@ -10,7 +16,7 @@
 # short, and only the adversarial terms raise it, see WORKSPACE.md); the official I_max 20.
 # On one H200 three side by side took 0.08 s per batch each.
 set -u
-SECS=${1:?SECONDS}; O=${2:?OUT}; SET=${3:-held_out_8}
+SECS=${1:?SECONDS}; O=${2:?OUT}; SET=${3:-held_out_8}; TNO=${TNO:-.gpu/tno}; X=${JAX_ARGS:-}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.28
 nvidia-smi -L 2>/dev/null; python3 -c "import jax; print(jax.__version__, jax.devices())"
 W=/tmp/gpu_job; mkdir -p $W
@@ -19,14 +25,19 @@ from ddcgan_tf import config
 from ddcgan_tf.patches import build_patch_set
 held = config.TNO_SPLITS['$SET']
 print('held out:', ','.join(held))
-s = build_patch_set('.gpu/tno/vis', '.gpu/tno/ir', '$W/tno.h5', exclude=held, log=lambda *a: None)
+s = build_patch_set('$TNO/vis', '$TNO/ir', '$W/tno.h5', exclude=held, log=lambda *a: None)
 print(s['patches'], 'patches from', s['pairs'], 'pairs; skipped', [k['name'] for k in s['skipped']])
 " || exit 1
 T="python3 benchmarks/jax_train.py --data $W/tno.h5 --init .gpu/init.h5 --steps 10000000 --max_seconds $SECS --log_every 100 --checkpoint_every 1000 --preset official"
-$T --model_dir $W/rep2 --max_repeats 2 --seed 301 > $W/rep2.log 2>&1 &
-$T --model_dir $W/rep2_cw05 --max_repeats 2 --content_weight 0.5 --seed 302 > $W/rep2_cw05.log 2>&1 &
-$T --model_dir $W/rep20 --max_repeats 20 --seed 303 > $W/rep20.log 2>&1 &
+$T --model_dir $W/rep2 --max_repeats 2 --seed 301 $X > $W/rep2.log 2>&1 &
+$T --model_dir $W/rep2_cw05 --max_repeats 2 --content_weight 0.5 --seed 302 $X > $W/rep2_cw05.log 2>&1 &
+$T --model_dir $W/rep20 --max_repeats 20 --seed 303 $X > $W/rep20.log 2>&1 &
 wait
 tail -n 2 $W/*.log
+# the pre-declared choice among the runs' newest 3 checkpoints (choose.py), bounded so the pack
+# below always runs; autotuning is off: each image size compiles once for a ~20 ms forward pass
+XLA_FLAGS=--xla_gpu_autotune_level=0 timeout ${CHOOSE_SECS:-170} python3 benchmarks/gpu_job/choose.py \
+    $W $W/tno.h5 $TNO $W/choice.json --backend jax --workers ${WORKERS:-14} --held_out $SET > $W/choose.log 2>&1
+echo "choose.py: exit $?"; tail -n 30 $W/choose.log
 python3 benchmarks/gpu_job/pack.py $W "$O"
 ls -la "$O"
