@@ -76,9 +76,11 @@ def test_distributed_step_equals_single_device_step():
     assert steps[0][0] == 2 and steps[2][0] == 2
     for a, b in losses:
         assert abs(a - b) <= 1e-3 * max(1.0, abs(a)), losses
-    # float32 summation order and the all-reduces differ; RMSProp normalises tiny gradient
-    # differences, so compare with each variable's scale: within 2 % after 6 optimizer steps
-    assert worst < 2e-2, worst
+    # float32 summation order and the all-reduces differ, and the rounding depends on the CPU's
+    # kernels; compared with each variable's scale after 6 optimizer steps. Measured: 0.3 % with
+    # oneDNN off, 2.0 % with it on (an Intel Xeon; under 2 % on an AMD EPYC), the worst being a
+    # zero-initialised BN beta; gradients twice too large (loss not divided by the replicas): 87 %
+    assert worst < 0.1, worst
 
 
 WORKER = textwrap.dedent("""
@@ -160,10 +162,12 @@ def test_multiworker_training_equals_single_device(small_patch_set, tmp_path):
     for a, b in zip(*logs):
         assert [a[k] for k in ("dv_steps", "di_steps", "g_steps")] == \
                [b[k] for k in ("dv_steps", "di_steps", "g_steps")] == [2, 2, 2]
-        # float32 all-reduce order and per-worker batch sizes (oneDNN picks other kernels) differ;
-        # measured: 6e-5 (g_loss) to 4e-3 (dv_loss) relative after the first batch
-        for k in ("g_loss", "dv_loss", "di_loss"):
-            assert abs(a[k] - b[k]) <= 1e-2 * max(1.0, abs(b[k])), (a["step"], k, a[k], b[k])
+        # float32 all-reduce order and per-worker batch sizes (oneDNN picks other kernels) differ.
+        # The discriminator losses are the sensitive ones: one process with oneDNN on vs off gives
+        # g_loss within 0.3 % but dv_loss 2.9 % apart by batch 2 (Intel Xeon); multiworker vs one
+        # process: 1.4 %. Gradients twice too large (loss not divided by the replicas): g_loss 19 %
+        for k, tol in (("g_loss", 1e-2), ("dv_loss", 5e-2), ("di_loss", 5e-2)):
+            assert abs(a[k] - b[k]) <= tol * max(1.0, abs(b[k])), (a["step"], k, a[k], b[k])
     g_multi, g_single = load_generator(dirs[0]), load_generator(dirs[2])
     # 2 % of each variable's scale, with the initial weights' scale (0.05) as the floor for
     # variables that start at zero (biases, BN beta): 18 optimizer steps of float32 noise
