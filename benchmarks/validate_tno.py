@@ -83,17 +83,19 @@ def make_fusers(checkpoint, modes, backend="tf"):
 
 
 def validate(checkpoint, names=HELD_OUT, vis_dir=os.path.join(TNO, "vis"), ir_dir=os.path.join(TNO, "ir"),
-             modes=("batch", "moving"), log=print, stretch=False, backend="tf", pool=None, baseline=True):
+             modes=("batch", "moving"), log=print, stretch=False, backend="tf", pool=None, baseline=True,
+             scenes=None):
     """-> {method: {"per_image": {name: scores}, "mean": scores}}.
 
     The infrared (or PET) image may be full resolution (downsampled here) or already 1/4.
     stretch=True adds "<method>+stretch": the same output min-max stretched (official imsave).
     baseline=True adds the "average" method. pool: an Executor to score in (its map is used).
+    scenes: load_scenes()'s tuples, read once for many checkpoints (names and dirs then unused).
     """
     fusers = make_fusers(checkpoint, modes, backend) if modes else {}
     methods = list(modes) + (["average"] if baseline else [])
     keys, tasks = [], []
-    for name, vis, ir, up in load_scenes(names, vis_dir, ir_dir):
+    for name, vis, ir, up in (load_scenes(names, vis_dir, ir_dir) if scenes is None else scenes):
         outputs = {m: np.asarray(fuser(vis, ir)) for m, fuser in fusers.items()}
         if baseline:
             outputs["average"] = (vis + up) / 2

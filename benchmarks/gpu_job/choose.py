@@ -26,7 +26,7 @@ sys.path[:0] = [os.path.dirname(HERE), os.path.dirname(os.path.dirname(HERE))]  
 from ddcgan_tf import config  # noqa: E402  (TensorFlow-free modules only)
 from ddcgan_tf.checkpoint import list_checkpoints  # noqa: E402
 from ddcgan_tf.patches import source_names  # noqa: E402
-from validate_tno import make_pool, margin, table, validate, wins  # noqa: E402
+from validate_tno import load_scenes, make_pool, margin, table, validate, wins  # noqa: E402
 
 MODES = ("batch", "moving")
 RULE = ("every candidate (checkpoint x BN mode x stretch) scored on its training pairs; the most of "
@@ -65,16 +65,17 @@ def choose(runs_dir, patches, tno_dir, last=3, backend="jax", pool=None, held_ou
     if not found:
         raise SystemExit(f"{runs_dir}: no ckpt-*.h5 in any run directory")
     t0 = time.time()
+    scenes = list(load_scenes(trained, *dirs))  # read once, scored for every candidate
     scored = {}
     for run, path in found:
-        r = validate(path, trained, *dirs, modes=MODES, stretch=True, backend=backend, pool=pool,
-                     baseline=False, log=lambda *a: None)
+        r = validate(path, modes=MODES, stretch=True, backend=backend, pool=pool, baseline=False,
+                     log=lambda *a: None, scenes=scenes)
         for method, res in r.items():
             scored[f"{run}/{os.path.basename(path)} {method}"] = {
                 "run": run, "checkpoint": os.path.basename(path), "method": method, "mean": res["mean"],
                 "beats": wins(res["mean"]), "min_ratio": margin(res["mean"])}
         log(f"scored {run}/{os.path.basename(path)} on {len(trained)} training pairs ({time.time() - t0:.0f} s)")
-    baseline = validate(None, trained, *dirs, modes=(), stretch=True, pool=pool, log=lambda *a: None)
+    baseline = validate(None, modes=(), stretch=True, pool=pool, log=lambda *a: None, scenes=scenes)
     best = pick(scored)
     chosen = scored[best]
     bn, _, stretch = chosen["method"].partition("+")
@@ -82,14 +83,13 @@ def choose(runs_dir, patches, tno_dir, last=3, backend="jax", pool=None, held_ou
     res = validate(path, held, *dirs, modes=(bn,), stretch=bool(stretch), backend=backend, pool=pool,
                    log=lambda *a: None)
     held_results = {m: res[m] for m in (chosen["method"], "average" + ("+stretch" if stretch else ""))}
+    mean = held_results[chosen["method"]]["mean"]
     log(f"chose {best}; scored it on {held_out} ({time.time() - t0:.0f} s in all)")
     return {"rule": RULE, "trained_pairs": trained, "candidates": scored, "chosen": best,
             "trained_baseline": {m: r["mean"] for m, r in baseline.items()},
             "held_out": {"set": held_out, "names": held, "method": chosen["method"],
                          "checkpoint": f"{chosen['run']}/{chosen['checkpoint']}",
-                         "mean": held_results[chosen["method"]]["mean"],
-                         "beats": wins(held_results[chosen["method"]]["mean"]),
-                         "min_ratio": margin(held_results[chosen["method"]]["mean"]),
+                         "mean": mean, "beats": wins(mean), "min_ratio": margin(mean),
                          "results": held_results},
             "backend": backend, "seconds": round(time.time() - t0, 1)}
 
