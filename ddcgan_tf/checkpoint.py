@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from ddcgan_tf import config as C
+from ddcgan_tf import official
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.images import WriteError, atomic_write, check_output_dir, os_problem
 
@@ -124,8 +125,11 @@ def load_state(model, path):
 def warm_start_file(path):
     """The file a warm start reads for `path`: a file as is; a run directory -> its newest
     checkpoint; a shipped directory -> its train_state.h5 (which has Dv and Di) rather than
-    generator.h5."""
+    generator.h5; an official TF1 checkpoint (or its directory) -> its prefix."""
     path = os.fspath(path)
+    tf1 = official.find(path)
+    if tf1:
+        return tf1
     state = os.path.join(path, STATE_FILE)
     if os.path.isdir(path) and not latest_checkpoint(path) and os.path.isfile(state):
         return state
@@ -142,6 +146,8 @@ def load_networks(model, path):
     the same variables compute, not their shapes, so it is checked explicitly).
     """
     path = warm_start_file(path)
+    if official.find(path):
+        return official.load_networks(model, path)
     model_config, _ = read_configs(path)
     for key in ("scale", "official_decoder"):
         stored, wanted = _generator_option(model_config, key), getattr(model.generator, key)
@@ -200,9 +206,12 @@ def resolve(path):
 
 
 def load_generator(path, bn_mode=None):
-    """Generator with the weights of a checkpoint or generator file (or a directory holding one)."""
+    """Generator with the weights of a checkpoint or generator file (or a directory holding one),
+    or of a checkpoint of the official TF1 code (ddcgan_tf.official)."""
     from ddcgan_tf.generator import Generator
 
+    if official.find(path):
+        return official.load_generator(path, bn_mode=bn_mode)
     path = resolve(path)
     model_config, _ = read_configs(path)
     try:

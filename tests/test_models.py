@@ -8,7 +8,8 @@ from ddcgan_tf.errors import InputError
 from ddcgan_tf.generator import Generator, check_sizes
 
 # The variables of the official multi-resolution TF1 graph (Generator.py, Deconv.py,
-# Discriminator.py), in their order, as (scope/name, shape).
+# Discriminator.py), in their order, as (scope/name, shape); the decoder's second kernel sits in a
+# second `conv2_1` scope (see tests/data/official_tf1_variables.json and ddcgan_tf/official.py).
 OFFICIAL_G = [
     ("deconv_ir/deconv1/kernel", (3, 3, 1, 1)), ("deconv_vis/deconv1/kernel", (3, 3, 1, 1)),
     ("encoder/conv1_1/kernel", (3, 3, 2, 48)), ("encoder/conv1_1/bias", (48,)),
@@ -16,10 +17,11 @@ OFFICIAL_G = [
 ] + [item for k, cin in enumerate((48, 96, 144, 192), start=1) for item in (
     (f"encoder/dense_block_conv{k}/kernel", (3, 3, cin, 48)), (f"encoder/dense_block_conv{k}/bias", (48,)),
     (f"encoder/b{k}/batch_normalization/gamma", (48,)), (f"encoder/b{k}/batch_normalization/beta", (48,)))
-] + [item for k, (cin, cout) in enumerate(((240, 240), (240, 128), (128, 64), (64, 32))) for item in (
-    (f"decoder/conv2_{k + 1}/kernel", (3, 3, cin, cout)), (f"decoder/conv2_{k + 1}/bias", (cout,)),
+] + [item for k, (scope, cin, cout) in enumerate((("conv2_1", 240, 240), ("conv2_1_1", 240, 128),
+                                                     ("conv2_2", 128, 64), ("conv2_3", 64, 32))) for item in (
+    (f"decoder/{scope}/kernel", (3, 3, cin, cout)), (f"decoder/{scope}/bias", (cout,)),
     (f"decoder/b{k}/batch_normalization/gamma", (cout,)), (f"decoder/b{k}/batch_normalization/beta", (cout,)))
-] + [("decoder/conv2_5/kernel", (3, 3, 32, 1)), ("decoder/conv2_5/bias", (1,))]
+] + [("decoder/conv2_4/kernel", (3, 3, 32, 1)), ("decoder/conv2_4/bias", (1,))]
 
 
 def official_d(flat):

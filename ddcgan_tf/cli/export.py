@@ -10,7 +10,8 @@ from absl import flags
 from ddcgan_tf.cli.common import run_main
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Checkpoint file, model directory or generator.h5 "
+flags.DEFINE_string("checkpoint", None, "Checkpoint file, model directory, generator.h5 or an official "
+                    "TF1 checkpoint (model.ckpt prefix or its directory) "
                     "(default: the shipped weights of --mode in checkpoints/).")
 flags.DEFINE_string("output", None, "SavedModel directory to write (must not exist unless --overwrite).")
 flags.DEFINE_enum("mode", "vis-ir", ["vis-ir", "pet-mri"], "Which shipped weights to use without --checkpoint.")

@@ -17,7 +17,8 @@ flags.DEFINE_string("output", None, "Output image (8-bit PNG).")
 flags.DEFINE_string("vis_dir", None, "Directory mode: visible images.")
 flags.DEFINE_string("ir_dir", None, "Directory mode: infrared images with the same file stems.")
 flags.DEFINE_string("output_dir", None, "Directory mode: where the fused PNGs go.")
-flags.DEFINE_string("checkpoint", None, "Checkpoint file, model directory or generator.h5 "
+flags.DEFINE_string("checkpoint", None, "Checkpoint file, model directory, generator.h5 or an official "
+                    "TF1 checkpoint (model.ckpt prefix or its directory) "
                     "(default: the shipped weights in checkpoints/).")
 flags.DEFINE_enum("bn_mode", None, ["batch", "moving"], "Override the checkpoint's BN statistics mode.")
 flags.DEFINE_boolean("resize", False, "Make sizes fit: crop the visible image to a multiple of 4 and "

@@ -30,7 +30,8 @@ flags.DEFINE_float("g_max", None, "Override L_Gmax (absolute, or a factor with t
 flags.DEFINE_integer("max_repeats", None, "Override I_max.")
 flags.DEFINE_float("clip_value", None, "Override the weight clipping bound (0 disables clipping).")
 flags.DEFINE_string("init_from", None, "Start a new run from these network weights (fine-tuning): a checkpoint, "
-                    "generator file or model directory, e.g. checkpoints/vis-ir. Optimizers and "
+                    "generator file, model directory (e.g. checkpoints/vis-ir) or official TF1 "
+                    "checkpoint (model.ckpt). Optimizers and "
                     "schedule start fresh; ignored when --model_dir already holds a run.")
 flags.DEFINE_integer("checkpoint_every", 100, "Save the full state every N batches.")
 flags.DEFINE_integer("keep", 3, "Checkpoints to keep.")

@@ -1,0 +1,181 @@
+"""Weights trained with the official TF1 code (hanna-xu/DDcGAN), read into our networks.
+
+The official `train.py` saves name-based TF1 checkpoints (`saver.save(sess, '.../N.ckpt')`:
+`N.ckpt.index` + `N.ckpt.data-*`, a `checkpoint` file naming the newest in the directory);
+`generate.py` restores `model.ckpt`. `load_generator` / `load_networks` here take such a prefix
+(or its `.index` / `.data-*` / `.meta` file, or a directory holding one) wherever ddcgan_tf takes
+a checkpoint: `ddcgan-fuse --checkpoint`, `ddcgan-export`, `ddcgan-train --init_from`.
+
+Variable names, as the official graph creates them (recorded by building the official
+Generator.py / Deconv.py / Discriminator.py through tf.compat.v1 and saving it; WORKSPACE.md):
+
+  Generator/encoder/conv1_1, dense_block_conv{1..4}/{kernel,bias}   (tf.Variable)
+  Generator/encoder/b{0..4}/batch_normalization/{gamma,beta,moving_mean,moving_variance}
+  Generator_1/decoder/conv2_1, conv2_1_1, conv2_2, conv2_3, conv2_4/{kernel,bias}
+      (the decoder opens a second name scope `Generator`, and a second `conv2_1` scope for
+      its 240->128 kernel: Decoder.__init__ names two kernels `conv2_1`)
+  Generator/decoder/b{0..3}/batch_normalization/...
+  Generator_2/deconv_ir/deconv1/kernel, Generator_3/deconv_vis/deconv1/kernel  (multi-resolution)
+  Discriminator1 (visible), Discriminator2 (infrared): conv{1,2,3}/{kernel,bias},
+      b{1,2}/batch_normalization/..., flatten1/dense/{kernel,bias}
+
+The `_N` suffix of the first scope depends on the order the graph was built in, so it is
+ignored. Optimizer slots (`.../RMSProp`) and the step counter are not read: a warm start from
+an official checkpoint starts fresh optimizers, as `--init_from` does for our own files. The
+official decoder applies its first kernel twice, so imported generators have
+`official_decoder=True`; the same-resolution variant (no transposed convs) loads with scale 1.
+"""
+import glob
+import os
+import re
+
+import numpy as np
+
+from ddcgan_tf import config as C
+from ddcgan_tf.errors import InputError
+
+SUFFIXES = (".index", ".meta")
+_DATA = re.compile(r"\.data-\d+-of-\d+$")
+_FIRST_SCOPE_SUFFIX = re.compile(r"^([^/]+?)_\d+/")
+# our decoder_convs[k] <- the official scope of the k-th decoder kernel, and its BN scope
+_DECODER = (("conv2_1", "b0"), ("conv2_1_1", "b1"), ("conv2_2", "b2"), ("conv2_3", "b3"),
+            ("conv2_4", None))
+_BN = ("gamma", "beta", "moving_mean", "moving_variance")
+DISCRIMINATOR_SCOPES = {"dv": "Discriminator1", "di": "Discriminator2"}
+
+
+def find(path):
+    """The TF1 checkpoint prefix `path` names, or None when it names none (e.g. our .h5 files)."""
+    path = os.fspath(path)
+    for suffix in SUFFIXES:
+        if path.endswith(suffix) and os.path.isfile(path[:-len(suffix)] + ".index"):
+            return path[:-len(suffix)]
+    if _DATA.search(path) and os.path.isfile(_DATA.sub("", path) + ".index"):
+        return _DATA.sub("", path)
+    if os.path.isfile(path + ".index"):
+        return path
+    if os.path.isdir(path):
+        newest = _newest_in(path)
+        if newest:
+            return newest
+    return None
+
+
+def _newest_in(directory):
+    """The prefix the directory's TF1 `checkpoint` file names, else its only *.index file."""
+    state = os.path.join(directory, "checkpoint")
+    if os.path.isfile(state):
+        try:
+            with open(state, encoding="utf-8") as f:
+                m = re.search(r'^model_checkpoint_path:\s*"(.*)"\s*$', f.read(), re.M)
+        except (OSError, UnicodeDecodeError):
+            m = None
+        if m:
+            prefix = m.group(1) if os.path.isabs(m.group(1)) else os.path.join(directory, m.group(1))
+            if os.path.isfile(prefix + ".index"):
+                return prefix
+    found = glob.glob(os.path.join(glob.escape(directory), "*.index"))
+    return found[0][:-len(".index")] if len(found) == 1 else None
+
+
+def read(prefix):
+    """{name with the first scope's _N suffix removed: numpy array} of a TF1 checkpoint."""
+    import tensorflow as tf
+
+    try:
+        reader = tf.train.load_checkpoint(prefix)
+        names = reader.get_variable_to_shape_map()
+        values = {}
+        for name in names:
+            key = _FIRST_SCOPE_SUFFIX.sub(r"\1/", name)
+            if key in values:
+                raise InputError(prefix, f"two variables map to {key!r}: not one official DDcGAN graph")
+            values[key] = reader.get_tensor(name)
+    except InputError:
+        raise
+    except (tf.errors.OpError, ValueError, OSError) as e:
+        first = (str(e).strip().splitlines() or [""])[0][:100]
+        raise InputError(prefix, f"cannot read TF1 checkpoint ({type(e).__name__}: {first})") from None
+    return values
+
+
+def generator_variables(gen):
+    """[(our variable, official name)] for every weight of `gen` (Generator)."""
+    pairs = []
+
+    def conv(layer, scope, bn_scope):
+        pairs.extend([(layer.conv.kernel, f"{scope}/kernel"), (layer.conv.bias, f"{scope}/bias")])
+        if layer.bn is not None:
+            pairs.extend((getattr(layer.bn, k), f"{bn_scope}/batch_normalization/{k}") for k in _BN)
+
+    if gen.scale > 1:
+        pairs += [(gen.deconv_ir.kernel, "Generator/deconv_ir/deconv1/kernel"),
+                  (gen.deconv_vis.kernel, "Generator/deconv_vis/deconv1/kernel")]
+    conv(gen.encoder_conv, "Generator/encoder/conv1_1", "Generator/encoder/b0")
+    for k, layer in enumerate(gen.dense_convs, start=1):
+        conv(layer, f"Generator/encoder/dense_block_conv{k}", f"Generator/encoder/b{k}")
+    for layer, (scope, bn) in zip(gen.decoder_convs, _DECODER):
+        conv(layer, f"Generator/decoder/{scope}", bn and f"Generator/decoder/{bn}")
+    return pairs
+
+
+def discriminator_variables(d, scope):
+    """[(our variable, official name)] for a Discriminator under the official `scope`."""
+    pairs = []
+    for k, layer in enumerate(d.convs):
+        pairs += [(layer.conv.kernel, f"{scope}/conv{k + 1}/kernel"),
+                  (layer.conv.bias, f"{scope}/conv{k + 1}/bias")]
+        if layer.bn is not None:
+            pairs += [(getattr(layer.bn, n), f"{scope}/b{k}/batch_normalization/{n}") for n in _BN]
+    return pairs + [(d.dense.kernel, f"{scope}/flatten1/dense/kernel"),
+                    (d.dense.bias, f"{scope}/flatten1/dense/bias")]
+
+
+def _assign(pairs, values, prefix, what):
+    """Checks every name and shape first, then assigns (all or nothing)."""
+    for var, name in pairs:
+        if name not in values:
+            raise InputError(prefix, f"holds no variable {name!r}: not an official DDcGAN {what} checkpoint")
+        if tuple(values[name].shape) != tuple(var.shape):
+            raise InputError(prefix, f"variable {name} has shape {tuple(values[name].shape)}, "
+                                     f"the model expects {tuple(var.shape)}")
+    for var, name in pairs:
+        var.assign(np.asarray(values[name], dtype=var.dtype))
+
+
+def checkpoint_scale(values):
+    """4 when the checkpoint has the multi-resolution transposed convs, else 1."""
+    return C.SCALE if "Generator/deconv_ir/deconv1/kernel" in values else 1
+
+
+def load_generator(path, bn_mode=None):
+    """Generator (official decoder, scale 4 or 1 as the checkpoint has it) with the weights of
+    an official TF1 checkpoint; bn_mode as in ddcgan_tf.checkpoint.load_generator."""
+    from ddcgan_tf.generator import Generator
+
+    prefix = find(path) or os.fspath(path)
+    values = read(prefix)
+    gen = Generator(scale=checkpoint_scale(values), official_decoder=True, bn_mode=bn_mode or "batch")
+    gen.build()
+    _assign(generator_variables(gen), values, prefix, "generator")
+    return gen
+
+
+def load_networks(model, path):
+    """Warm start of a compiled DDcGAN from an official TF1 checkpoint -> the names loaded
+    ("generator", then "dv", "di" when the checkpoint holds them). Optimizers stay fresh."""
+    prefix = find(path) or os.fspath(path)
+    values = read(prefix)
+    gen = model.generator
+    scale = checkpoint_scale(values)
+    if gen.scale != scale:
+        raise InputError(prefix, f"was trained with scale={scale}, this run has scale={gen.scale}")
+    if not gen.official_decoder:
+        raise InputError(prefix, "was trained with official_decoder=True, this run has official_decoder=False")
+    _assign(generator_variables(gen), values, prefix, "generator")
+    loaded = ["generator"]
+    for name, scope in DISCRIMINATOR_SCOPES.items():
+        if any(k.startswith(scope + "/") for k in values):
+            _assign(discriminator_variables(getattr(model, name), scope), values, prefix, "discriminator")
+            loaded.append(name)
+    return loaded
