@@ -62,7 +62,9 @@ def find(path):
 
 
 def _newest_in(directory):
-    """The prefix the directory's TF1 `checkpoint` file names, else its only *.index file."""
+    """The prefix the directory's TF1 `checkpoint` file names (as written, relative to the
+    directory, or its base name there: the file may come from another machine), else the only
+    *.index file; InputError when there are several and none is named."""
     state = os.path.join(directory, "checkpoint")
     if os.path.isfile(state):
         try:
@@ -71,11 +73,17 @@ def _newest_in(directory):
         except (OSError, UnicodeDecodeError):
             m = None
         if m:
-            prefix = m.group(1) if os.path.isabs(m.group(1)) else os.path.join(directory, m.group(1))
-            if os.path.isfile(prefix + ".index"):
-                return prefix
-    found = glob.glob(os.path.join(glob.escape(directory), "*.index"))
-    return found[0][:-len(".index")] if len(found) == 1 else None
+            named = m.group(1)
+            candidates = ([named] if os.path.isabs(named) else []) + [
+                os.path.join(directory, named), os.path.join(directory, os.path.basename(named))]
+            for prefix in candidates:
+                if os.path.isfile(prefix + ".index"):
+                    return prefix
+    found = sorted(glob.glob(os.path.join(glob.escape(directory), "*.index")))
+    if len(found) > 1:
+        raise InputError(directory, f"holds {len(found)} TF1 checkpoints and no 'checkpoint' file naming "
+                                    f"one: give one, e.g. {found[-1][:-len('.index')]}")
+    return found[0][:-len(".index")] if found else None
 
 
 def read(prefix):

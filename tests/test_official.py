@@ -136,6 +136,26 @@ def test_every_way_of_naming_the_checkpoint_finds_it(official_checkpoint, genera
     assert official.find(os.path.dirname(generator_file)) is None
 
 
+def test_directories_of_the_official_train_py_resolve(tmp_path):
+    values = official_values(seed=5)
+    # a `checkpoint` file written on another machine names an absolute path that does not exist
+    # here: the newest checkpoint it names is found by its base name in the directory
+    write_tf1(str(tmp_path / "model" / "1100.ckpt"), values)
+    prefix = write_tf1(str(tmp_path / "model" / "1136.ckpt"), values)
+    with open(tmp_path / "model" / "checkpoint", "w") as f:
+        f.write('model_checkpoint_path: "/home/someone/DDcGAN/model/1136.ckpt"\n'
+                'all_model_checkpoint_paths: "/home/someone/DDcGAN/model/1100.ckpt"\n')
+    assert official.find(str(tmp_path / "model")) == prefix
+    # several checkpoints and no `checkpoint` file: which one is meant cannot be told
+    other = tmp_path / "several"
+    for step in (40, 80):
+        write_tf1(str(other / f"{step}.ckpt"), values)
+    os.remove(other / "checkpoint")
+    with pytest.raises(InputError, match="holds 2 TF1 checkpoints and no 'checkpoint' file") as e:
+        ckpt.load_generator(str(other))
+    assert str(e.value).startswith(str(other)) and "80.ckpt" in str(e.value)
+
+
 def test_same_resolution_checkpoint_loads_with_scale_1(tmp_path):
     values = official_values(seed=2, drop=DECONVS)
     prefix = write_tf1(str(tmp_path / "same" / "model.ckpt"), values)
