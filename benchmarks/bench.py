@@ -4,7 +4,11 @@
                              [--data tno.h5]
 
 Train step = one batch of the schedule with I_max = 1 (exactly one Dv, one Di and one G step,
-plus the loss evaluations the schedule needs), timed eager, under tf.function and with XLA.
+plus the loss evaluations the schedule needs), timed eager, under tf.function, with XLA as
+`compile(jit_compile=True)` applies it (the pieces of the step, the loops outside XLA) and with
+the whole step in one XLA computation; then a batch with one extra (adversarial) G step, the
+repeat the schedule takes whenever a discriminator wins (--whole_step_repeat also times it for
+the whole-step XLA function: minutes at batch 24, the reason XLA compiles pieces).
 --mixed_precision mixed_bfloat16 times everything under that Keras policy. --data also times the
 input pipeline (data.make_dataset): reading the set into memory, then batches per second.
 """
@@ -61,6 +65,8 @@ def main():
     ap.add_argument("--mixed_precision", default="float32",
                     choices=["float32", "mixed_bfloat16", "mixed_float16"])
     ap.add_argument("--data", help="also time the input pipeline on this HDF5 patch set")
+    ap.add_argument("--whole_step_repeat", action="store_true",
+                    help="also time a G repeat inside the whole-step XLA function (very slow)")
     args = ap.parse_args()
     keras.mixed_precision.set_global_policy(args.mixed_precision)
     print(f"TensorFlow {tf.__version__}, {os.cpu_count()} CPU cores, devices: "
@@ -85,25 +91,38 @@ def main():
               f"{1 / t:.0f} batches of {b} per second ({1000 * t:.1f} ms a batch)")
     data = (tf.constant(rng.random((b, 84, 84, 1), np.float32)),
             tf.constant(rng.random((b, 21, 21, 1), np.float32)))
+    cfg = C.get_preset("official", max_repeats=1)
     model = DDcGAN(official_decoder=bool(args.official_decoder))
-    model.compile(train_config=C.get_preset("official", max_repeats=1), steps_per_epoch=1000)
-    modes = [("tf.function", tf.function(model.train_step)),
-             ("XLA", tf.function(model.train_step, jit_compile=True))]
+    model.compile(train_config=cfg, steps_per_epoch=1000)
+    pieces = DDcGAN(official_decoder=bool(args.official_decoder))
+    pieces.compile(train_config=C.get_preset("official", max_repeats=1), steps_per_epoch=1000,
+                   jit_compile=True)
+    modes = [("tf.function", model, tf.function(model.train_step)),
+             ("XLA pieces", pieces, tf.function(pieces.train_step)),
+             ("XLA whole", model, tf.function(model.train_step, jit_compile=True))]
     if not args.quick:
-        modes.insert(0, ("eager", model.train_step))
+        modes.insert(0, ("eager", model, model.train_step))
     step_times = {}
-    for name, fn in modes:
+    # I_max = 1: three generator forward passes and one backward pass (~2 forward passes);
+    # the discriminators add under 1 %
+    step_flops = 5 * generator_flops(84, 84, bool(args.official_decoder)) * b
+    for name, _, fn in modes:
         first, t = timed(lambda: {k: v.numpy() for k, v in fn(data).items()}, args.repeats)
         step_times[name] = t
-        # I_max = 1: three generator forward passes and one backward pass (~2 forward passes);
-        # the discriminators add under 1 %
-        step_flops = 5 * generator_flops(84, 84, bool(args.official_decoder)) * b
         print(f"train step, batch {b}, {name:11s}: first {first:7.2f} s, steady {t:7.2f} s, "
               f"{b / t:6.2f} patches/s, {step_flops / t / 1e9:6.1f} GFLOP/s "
               f"({100 * step_flops / t / 1e9 / peak:4.0f}% of matmul)")
     if "eager" in step_times:
-        for name in ("tf.function", "XLA"):
-            print(f"  speed-up over eager, {name}: {step_times['eager'] / step_times[name]:.2f}x")
+        for name in step_times:
+            if name != "eager":
+                print(f"  speed-up over eager, {name}: {step_times['eager'] / step_times[name]:.2f}x")
+    for name, m, fn in modes:
+        if name == "eager" or (name == "XLA whole" and not args.whole_step_repeat):
+            continue
+        m.set_schedule(max_repeats=2, l_min=1e9)  # a discriminator "wins": one adversarial G step
+        first, t = timed(lambda: {k: v.numpy() for k, v in fn(data).items()}, max(1, args.repeats - 1))
+        m.set_schedule(max_repeats=1, l_min=cfg.l_min)
+        print(f"train step with one G repeat, batch {b}, {name:11s}: first {first:7.2f} s, steady {t:7.2f} s")
 
     gen = model.generator
     sizes = [(256, 256), (576, 768)] + ([] if args.quick else [(2048, 2048)])

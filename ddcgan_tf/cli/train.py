@@ -35,8 +35,9 @@ flags.DEFINE_string("init_from", None, "Start a new run from these network weigh
                     "schedule start fresh; ignored when --model_dir already holds a run.")
 flags.DEFINE_integer("checkpoint_every", 100, "Save the full state every N batches.")
 flags.DEFINE_integer("keep", 3, "Checkpoints to keep.")
-flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step: 1.4x faster per step on a 2-core CPU once "
-                     "compiled, but compiling the full schedule at batch 24 took over 5 minutes there.")
+flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step's pieces (the schedule's loops stay in the "
+                     "graph): 1.15x faster on a 2-core AMD EPYC (oneDNN off), slower on a 2-core "
+                     "Intel Xeon with oneDNN (12.0 vs 10.4 s a batch of 24); see WORKSPACE.md.")
 flags.DEFINE_integer("seed", None, "Random seed.")
 flags.DEFINE_boolean("tensorboard", True, "Write TensorBoard scalars and sample images to MODEL_DIR/logs.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
