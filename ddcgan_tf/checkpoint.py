@@ -25,7 +25,7 @@ import numpy as np
 
 from ddcgan_tf import config as C
 from ddcgan_tf import official
-from ddcgan_tf.errors import InputError
+from ddcgan_tf.errors import InputError, describe
 from ddcgan_tf.images import WriteError, atomic_write, check_output_dir, os_problem
 
 # What h5py raises for damaged files besides OSError (never InputError: callers re-raise that)
@@ -94,16 +94,10 @@ def read_configs(path):
     except InputError:
         raise
     except _H5_ERRORS as e:
-        raise InputError(path, f"not a ddcgan_tf checkpoint ({_describe(e)})") from None
+        raise InputError(path, f"not a ddcgan_tf checkpoint ({describe(e)})") from None
     if not isinstance(model_config, dict) or not (train is None or isinstance(train, dict)):
         raise InputError(path, "not a ddcgan_tf checkpoint (model_config/train_config are not JSON objects)")
     return model_config, train
-
-
-def _describe(e):
-    text = str(e).strip()
-    first = text.splitlines()[0][:80] if text else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def load_state(model, path):
@@ -119,7 +113,7 @@ def load_state(model, path):
     except InputError:
         raise
     except _H5_ERRORS as e:
-        raise InputError(path, f"cannot restore checkpoint ({_describe(e)})") from None
+        raise InputError(path, f"cannot restore checkpoint ({describe(e)})") from None
 
 
 def warm_start_file(path):
@@ -171,7 +165,7 @@ def _read_networks(path, nets, what):
     except InputError:
         raise
     except _H5_ERRORS as e:
-        raise InputError(path, f"cannot read {what} ({_describe(e)})") from None
+        raise InputError(path, f"cannot read {what} ({describe(e)})") from None
     return loaded
 
 

@@ -51,6 +51,7 @@ class DDcGAN(keras.Model):
         self.optimizer_steps = self.add_weight(shape=(), dtype="int64", initializer="zeros",
                                                trainable=False, name="optimizer_steps")
         self.train_config = None
+        self.piecewise_jit, self._jit_pieces = False, {}  # compile(jit_compile=True) sets them
 
     def build(self, input_shape=None):
         for net in (self.generator, self.dv, self.di):
@@ -158,7 +159,7 @@ class DDcGAN(keras.Model):
         whole step compiled (1.73 vs 1.72 s). Under a multi-replica strategy the
         pieces call strategy.run, which cannot be compiled: nothing is compiled there.
         """
-        if not getattr(self, "piecewise_jit", False) or self.distribute_strategy.num_replicas_in_sync > 1:
+        if not self.piecewise_jit or self.distribute_strategy.num_replicas_in_sync > 1:
             return fn
         if key not in self._jit_pieces:
             self._jit_pieces[key] = tf.function(fn, jit_compile=True, autograph=False)

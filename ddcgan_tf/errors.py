@@ -16,3 +16,11 @@ class InputError(ValueError):
 
 class WriteError(InputError):
     """An output could not be written: read-only or full disk, missing directory, and so on."""
+
+
+def describe(e):
+    """'Type: first line of the message' (80 characters at most) of an exception, for the
+    parenthesis of a one-line InputError."""
+    text = str(e).strip()
+    first = text.splitlines()[0][:80] if text else ""
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__

@@ -32,7 +32,7 @@ import re
 import numpy as np
 
 from ddcgan_tf import config as C
-from ddcgan_tf.errors import InputError
+from ddcgan_tf.errors import InputError, describe
 
 SUFFIXES = (".index", ".meta")
 _DATA = re.compile(r"\.data-\d+-of-\d+$")
@@ -102,8 +102,7 @@ def read(prefix):
     except InputError:
         raise
     except (tf.errors.OpError, ValueError, OSError) as e:
-        first = (str(e).strip().splitlines() or [""])[0][:100]
-        raise InputError(prefix, f"cannot read TF1 checkpoint ({type(e).__name__}: {first})") from None
+        raise InputError(prefix, f"cannot read TF1 checkpoint ({describe(e)})") from None
     return values
 
 
