@@ -1,7 +1,8 @@
 """Validates a training checkpoint on its held-out pairs and ships it.
 
   python benchmarks/ship.py --checkpoint runs/tno/ckpt-00000900.h5 --model_dir runs/tno \
-      --command "ddcgan-train ..." [--mode pet-mri] [--notes "..."] [--dry_run]
+      --command "ddcgan-train ..." [--mode pet-mri] [--notes "..."] [--bn_mode moving] [--stretch]
+      [--state runs/tno/ckpt-00001200.h5] [--names held_out_8] [--dry_run]
 
 vis-ir is scored on the held-out TNO scenes next to the official DDcGAN numbers; pet-mri on the
 held-out MRI/PET pairs 13 and 14 (there is no official bar for it).
@@ -48,11 +49,17 @@ def main():
     ap.add_argument("--model_dir", required=True, help="its run directory (steps.jsonl, config.json)")
     ap.add_argument("--command", required=True, help="the ddcgan-train command that resumes it")
     ap.add_argument("--mode", choices=sorted(HELD_OUT_PAIRS), default="vis-ir")
-    ap.add_argument("--names", help="held-out scenes the run never saw (vis-ir default: held_out); "
+    ap.add_argument("--names", help="held-out scenes the run never saw (vis-ir default: held_out_8); "
                     + NAMES_HELP)
     ap.add_argument("--notes", default="")
     ap.add_argument("--bn_mode", choices=["batch", "moving"],
                     help="BN statistics the shipped generator fuses with (default: the checkpoint's)")
+    ap.add_argument("--state", help="the run's full state to ship as train_state.h5 when --checkpoint "
+                    "is an earlier (or generator-only) checkpoint of the same run; the manifest's "
+                    "steps and wall time are the generator's, state_steps the state's")
+    ap.add_argument("--stretch", action="store_true",
+                    help="ship the generator writing min-max stretched output (ddcgan-fuse's default "
+                         "for it) and score the stretched output too")
     ap.add_argument("--dry_run", action="store_true", help="validate and print; ship nothing")
     args = ap.parse_args()
 
@@ -65,9 +72,9 @@ def main():
     names, high_dir, low_dir = HELD_OUT_PAIRS[args.mode]
     names = resolve_names(args.names, high_dir) if args.names else list(names)
     has_bar = args.mode == "vis-ir"  # the official numbers are for visible/infrared only
-    results = validate(args.checkpoint, names, high_dir, low_dir)
+    results = validate(args.checkpoint, names, high_dir, low_dir, stretch=args.stretch)
     print(table(results, official=has_bar))
-    logged = read_step_log(os.path.join(args.model_dir, "steps.jsonl"))
+    logged = [r for r in read_step_log(os.path.join(args.model_dir, "steps.jsonl")) if r["step"] <= steps]
     started = logged[0]["time"] if logged else None  # identifies the run across its ships
     first = logged[0]["step"] if logged else 1
     same_run = previous.get("run_started") == started
@@ -99,6 +106,11 @@ def main():
         "mixed_precision": config.get("mixed_precision", "float32"), "notes": args.notes,
         "total_steps": previous_steps + steps, "run_started": started, **lineage,
     }
+    if args.state:
+        state_match = PATTERN.match(os.path.basename(args.state))
+        if not state_match or int(state_match.group(1)) < steps:
+            ap.error(f"{args.state}: not a ckpt-<batch>.h5 of this run at or after batch {steps}")
+        run_info["state_steps"] = int(state_match.group(1))
     if config.get("trainer"):  # batches trained elsewhere (benchmarks/jax_train.py on a GPU)
         earlier = previous["machine"] if isinstance(previous["machine"], list) else [
             dict(previous["machine"], batches=f"1-{first - 1}")]
@@ -108,11 +120,15 @@ def main():
                                           "trainer": config["trainer"]}]
     bar = {"official_ddcgan_20_pairs": OFFICIAL} if has_bar else {}
     validation = {"protocol": previous["validation"].get("protocol"), "scenes": list(names), **bar,
-                  **{("average_fusion_baseline" if m == "average" else f"bn_{m}"): r["mean"]
-                     for m, r in results.items()}}
+                  **{(m.replace("average", "average_fusion_baseline") if m.startswith("average") else f"bn_{m}"):
+                     r["mean"] for m, r in results.items()}}
+    if args.bn_mode or args.stretch:  # which of the scored ways of fusing ddcgan-fuse will use
+        validation["shipped_as"] = f"bn_{args.bn_mode or config['model'].get('bn_mode', 'batch')}" + (
+            "+stretch" if args.stretch else "")
     print(json.dumps(run_info, indent=1))
     if not args.dry_run:
-        print("shipped to", ship(args.checkpoint, args.mode, run_info, validation, bn_mode=args.bn_mode))
+        print("shipped to", ship(args.checkpoint, args.mode, run_info, validation, bn_mode=args.bn_mode,
+                                     stretch=args.stretch or None, state=args.state))
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ PATTERN = re.compile(r"^ckpt-(\d+)\.h5$")
 GENERATOR_FILE = "generator.h5"
 STATE_FILE = "train_state.h5"  # the full state beside a shipped generator (checkpoints/<mode>/)
 # generator options a file may omit (files written before they were recorded)
-_GENERATOR_DEFAULTS = {"scale": C.SCALE, "official_decoder": True, "bn_mode": "batch"}
+_GENERATOR_DEFAULTS = {"scale": C.SCALE, "official_decoder": True, "bn_mode": "batch", "stretch": False}
 
 
 def _generator_option(model_config, key):
@@ -134,7 +134,9 @@ def load_networks(model, path):
     """Warm start: copies the network weights of a checkpoint or generator file (or a directory
     holding one, see warm_start_file) into a compiled DDcGAN; -> the names loaded ("generator",
     then "dv", "di" when the file holds them). Optimizer slots and schedule counters are left
-    as they are (fresh).
+    as they are (fresh). From a shipped directory the generator is its generator.h5 (the shipped
+    weights, which may be an earlier checkpoint of the run than train_state.h5: ddcgan_tf.shipped)
+    and Dv, Di are train_state.h5's.
 
     The file's scale and decoder option must be the model's (the decoder option changes what
     the same variables compute, not their shapes, so it is checked explicitly).
@@ -147,8 +149,12 @@ def load_networks(model, path):
         stored, wanted = _generator_option(model_config, key), getattr(model.generator, key)
         if stored != wanted:
             raise InputError(path, f"was trained with {key}={stored}, this run has {key}={wanted}")
-    return _read_networks(path, (("generator", model.generator), ("dv", model.dv), ("di", model.di)),
-                          "network weights")
+    loaded = _read_networks(path, (("generator", model.generator), ("dv", model.dv), ("di", model.di)),
+                            "network weights")
+    shipped_generator = os.path.join(os.path.dirname(path), GENERATOR_FILE)
+    if os.path.basename(path) == STATE_FILE and os.path.isfile(shipped_generator):
+        _read_networks(shipped_generator, (("generator", model.generator),), "generator weights")
+    return loaded
 
 
 def _read_networks(path, nets, what):
@@ -177,7 +183,8 @@ def save_generator(generator, path, extra=None):
             _write_vars(f.create_group("generator"), generator.weights)
             f.attrs["model_config"] = json.dumps({"scale": generator.scale,
                                                   "official_decoder": generator.official_decoder,
-                                                  "bn_mode": generator.bn_mode})
+                                                  "bn_mode": generator.bn_mode,
+                                                  "stretch": bool(generator.stretch)})
             for k, v in (extra or {}).items():
                 f.attrs[k] = json.dumps(v)
 
@@ -199,19 +206,21 @@ def resolve(path):
     raise InputError(path, "checkpoint not found")
 
 
-def load_generator(path, bn_mode=None):
+def load_generator(path, bn_mode=None, stretch=None):
     """Generator with the weights of a checkpoint or generator file (or a directory holding one),
-    or of a checkpoint of the official TF1 code (ddcgan_tf.official)."""
+    or of a checkpoint of the official TF1 code (ddcgan_tf.official). bn_mode and stretch
+    (Generator's options) override what the file records (default: batch, no stretch)."""
     from ddcgan_tf.generator import Generator
 
     if official.find(path):
-        return official.load_generator(path, bn_mode=bn_mode)
+        return official.load_generator(path, bn_mode=bn_mode, stretch=stretch)
     path = resolve(path)
     model_config, _ = read_configs(path)
     try:
         gen = Generator(scale=_generator_option(model_config, "scale"),
                         official_decoder=_generator_option(model_config, "official_decoder"),
-                        bn_mode=bn_mode or _generator_option(model_config, "bn_mode"))
+                        bn_mode=bn_mode or _generator_option(model_config, "bn_mode"),
+                        stretch=_generator_option(model_config, "stretch") if stretch is None else stretch)
     except ValueError as e:  # a stored scale / bn_mode this code does not know
         raise InputError(path, f"unsupported model configuration ({e})") from None
     gen.build()

@@ -45,11 +45,12 @@ def side_by_side(panels, gap=4):
 
 def run_demo(fuser, output_dir, log=print):
     """Fuses the synthetic scene; writes demo_vis.png, demo_ir.png, demo_fused.png and
-    demo_side_by_side.png (visible | infrared upsampled 4x | fused); returns the metric dict."""
+    demo_side_by_side.png (visible | infrared upsampled 4x | fused); returns the metric dict of
+    the fused image as written (stretched when the weights record it, Fuser.stretch)."""
     os.makedirs(output_dir, exist_ok=True)
     vis, ir_full = synthetic_scene()
     ir = downsample_ir(ir_full, fuser.scale)
-    fused = fuser(vis, ir)
+    fused = fuser.to_uint8(fuser(vis, ir)) / 255.0  # as ddcgan-fuse writes it (stretched or not)
     ir_shown = np.kron(ir, np.ones((fuser.scale, fuser.scale), np.float32))
     paths = {}
     for name, img in (("vis", vis), ("ir", ir), ("fused", fused),

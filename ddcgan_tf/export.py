@@ -17,12 +17,14 @@ ddcgan_tf:
 BN statistics are baked in as the generator's `bn_mode` when exporting (see
 `export_saved_model`): "batch" normalises every image with its own statistics (each image of a
 request batch separately, exactly as `Fuser` fuses one image), "moving" uses the stored moving
-averages (a fixed function; request images are independent anyway).
+averages (a fixed function; request images are independent anyway). So is its `stretch`: when
+True every fused image is min-max stretched to [0, 1] on its own, what ddcgan-fuse writes
+(before the rounding to 8 bits).
 
 The generator config is stored twice: as the variable collection `ddcgan_config` (one string
 variable holding JSON: `json.loads(m.ddcgan_config[0].numpy())`) and as the plain file
 `assets.extra/ddcgan_config.json` (readable without TensorFlow), e.g.
-{"scale": 4, "official_decoder": true, "bn_mode": "batch", "format": "ddcgan_tf.saved_model/1",
+{"scale": 4, "official_decoder": true, "bn_mode": "batch", "stretch": false, "format": "ddcgan_tf.saved_model/1",
 "signature": {...}}.
 """
 import json
@@ -44,7 +46,7 @@ FORMAT = "ddcgan_tf.saved_model/1"
 def generator_config(generator):
     """The config stored with an export: what rebuilds the network and how it normalises."""
     return {"scale": int(generator.scale), "official_decoder": bool(generator.official_decoder),
-            "bn_mode": str(generator.bn_mode), "format": FORMAT,
+            "bn_mode": str(generator.bn_mode), "stretch": bool(generator.stretch), "format": FORMAT,
             "signature": {"inputs": {"vis": "float32 [N, H, W, 1] in [0, 1]",
                                      "ir": f"float32 [N, H/{int(generator.scale)}, W/{int(generator.scale)}, 1] in [0, 1]"},
                           "outputs": {OUTPUT_KEY: "float32 [N, H, W, 1] in [0, 1]"}}}
@@ -77,6 +79,10 @@ def serving_function(generator):
                               fn_output_signature=tf.TensorSpec((None, None, 1), tf.float32))
         else:
             fused = one(vis, ir)
+        if generator.stretch:  # images.to_uint8(stretch=True) per image, before its rounding
+            lo = tf.reduce_min(fused, axis=(1, 2, 3), keepdims=True)
+            span = tf.reduce_max(fused, axis=(1, 2, 3), keepdims=True) - lo
+            fused = tf.where(span > 0, (fused - lo) / tf.where(span > 0, span, 1.0), 0.0)
         return {OUTPUT_KEY: fused}
 
     return serve

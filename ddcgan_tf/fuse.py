@@ -18,11 +18,13 @@ from ddcgan_tf.patches import fit_sizes  # noqa: F401 (the --resize rule; TF-fre
 
 
 class Fuser:
-    """Wraps a generator in one compiled function that accepts any image size."""
+    """Wraps a generator in one compiled function that accepts any image size. `stretch`: how
+    its outputs are written (the generator's option; fuse_files, `to_uint8`)."""
 
     def __init__(self, generator, jit_compile=False):
         self.generator = generator
         self.scale = generator.scale
+        self.stretch = bool(getattr(generator, "stretch", False))
         spec = tf.TensorSpec((None, None, None, 1), tf.float32)
         self._fn = tf.function(lambda v, i: generator((v, i), training=False),
                                input_signature=(spec, spec), jit_compile=jit_compile)
@@ -41,10 +43,16 @@ class Fuser:
         out = self._fn(vis[None, ..., None], ir[None, ..., None])
         return out.numpy()[0, ..., 0]
 
+    def to_uint8(self, fused, stretch=None):
+        """The 8-bit image fuse_files writes for `fused` (stretched if `stretch`, default the
+        generator's option)."""
+        return images.to_uint8(fused, stretch=self.stretch if stretch is None else stretch)
 
-def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=False, tile=None):
+
+def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=None, tile=None):
     """Reads a pair, fuses it (in overlapping tiles of side `tile` if given; see tiling.py) and
-    writes an 8-bit image (no min-max stretch unless asked)."""
+    writes an 8-bit image, min-max stretched if `stretch` (default: fuser.stretch, what the
+    weights record). Returns the fused float image (unstretched)."""
     vis, ir = fuser.prepare(images.read_grey(vis_path), images.read_grey(ir_path), resize,
                             os.fspath(vis_path), os.fspath(ir_path))
     if tile:
@@ -52,11 +60,11 @@ def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=False, ti
         fused = fuse_tiled(fuser, vis, ir, tile=tile)
     else:
         fused = fuser(vis, ir)
-    images.write_image(output, fused, stretch=stretch)
+    images.write_image(output, fused, stretch=fuser.stretch if stretch is None else stretch)
     return fused
 
 
-def fuse_dirs(fuser, vis_dir, ir_dir, output_dir, resize=False, stretch=False, tile=None, log=print):
+def fuse_dirs(fuser, vis_dir, ir_dir, output_dir, resize=False, stretch=None, tile=None, log=print):
     """Fuses every pair (paired by file stem); a bad pair is reported and skipped.
 
     Returns (written paths, [(name, error message)]).

@@ -27,9 +27,13 @@ class Generator(keras.Model):
         produced the published results.
       bn_mode: BN statistics when not training: "batch" (per-image statistics, as the official
         code fuses) or "moving" (moving averages). See WORKSPACE.md for the measured choice.
+      stretch: how fused images are written, not part of the network (`call` ignores it): True
+        min-max stretches each fused image to 0..255, as the official test code's
+        scipy.misc.imsave did (images.to_uint8). Stored with the weights, so weights validated
+        stretched are used stretched (ddcgan_tf.fuse.Fuser.stretch).
     """
 
-    def __init__(self, scale=C.SCALE, official_decoder=True, bn_mode="batch", **kwargs):
+    def __init__(self, scale=C.SCALE, official_decoder=True, bn_mode="batch", stretch=False, **kwargs):
         kwargs.setdefault("name", "generator")
         super().__init__(**kwargs)
         if scale not in (1, 2, 4, 8):
@@ -37,6 +41,7 @@ class Generator(keras.Model):
         if bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
         self.scale, self.official_decoder, self.bn_mode = scale, official_decoder, bn_mode
+        self.stretch = bool(stretch)
         if scale > 1:
             self.deconv_ir = Deconv(scale, name="deconv_ir")
             self.deconv_vis = Deconv(1, name="deconv_vis")
@@ -92,7 +97,7 @@ class Generator(keras.Model):
 
     def get_config(self):
         return {"name": self.name, "scale": self.scale, "official_decoder": self.official_decoder,
-                "bn_mode": self.bn_mode}
+                "bn_mode": self.bn_mode, "stretch": self.stretch}
 
 
 def check_sizes(vis_shape, ir_shape, scale, vis_name="visible image", ir_name="infrared image"):

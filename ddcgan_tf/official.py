@@ -155,14 +155,17 @@ def checkpoint_scale(values):
     return C.SCALE if "Generator/deconv_ir/deconv1/kernel" in values else 1
 
 
-def load_generator(path, bn_mode=None):
+def load_generator(path, bn_mode=None, stretch=None):
     """Generator (official decoder, scale 4 or 1 as the checkpoint has it) with the weights of
-    an official TF1 checkpoint; bn_mode as in ddcgan_tf.checkpoint.load_generator."""
+    an official TF1 checkpoint; bn_mode as in ddcgan_tf.checkpoint.load_generator. Its outputs
+    are written stretched unless stretch=False: the official test code saved them with
+    scipy.misc.imsave, which min-max stretches (so ddcgan-fuse writes the official files)."""
     from ddcgan_tf.generator import Generator
 
     prefix = find(path) or os.fspath(path)
     values = read(prefix)
-    gen = Generator(scale=checkpoint_scale(values), official_decoder=True, bn_mode=bn_mode or "batch")
+    gen = Generator(scale=checkpoint_scale(values), official_decoder=True, bn_mode=bn_mode or "batch",
+                    stretch=True if stretch is None else stretch)
     gen.build()
     _assign(generator_variables(gen), values, prefix, "generator")
     return gen

@@ -31,25 +31,37 @@ def default_checkpoint(mode="vis-ir"):
     return path
 
 
-def ship(checkpoint, mode, run_info=None, validation=None, root=CHECKPOINT_ROOT, bn_mode=None):
+def ship(checkpoint, mode, run_info=None, validation=None, root=CHECKPOINT_ROOT, bn_mode=None, stretch=None,
+         state=None):
     """Copies a training checkpoint into root/mode as generator.h5, train_state.h5, manifest.json.
 
     run_info: dict merged into the manifest (data, patches, wall time, notes, ...).
     validation: dict of validation metrics (means) to record.
     bn_mode: the BN statistics the shipped generator fuses with ("batch" or "moving"; default:
-    the checkpoint's); the training state keeps the checkpoint's.
+    the checkpoint's); the training state keeps the checkpoint's. stretch: whether fused images
+    are written min-max stretched (Generator's option; default: the checkpoint's, no).
+    state: the full training state to ship as train_state.h5 when it is not `checkpoint` (the
+    newest state of the run whose earlier checkpoint, perhaps generator-only, is shipped: the run
+    resumes where it stopped); it must hold the same network configuration. The manifest then
+    names both (`source_checkpoint`, `state_checkpoint`).
     """
     if mode not in MODES:
         raise InputError("--mode", f"must be one of {MODES}, got {mode!r}")
     out = os.path.join(root, mode)
     os.makedirs(out, exist_ok=True)
     model_config, train_config = read_configs(checkpoint)
-    generator = load_generator(checkpoint, bn_mode=bn_mode)
-    model_config = dict(model_config, bn_mode=generator.bn_mode)
+    state = state or checkpoint
+    state_config = read_configs(state)[0]
+    for key in ("scale", "official_decoder", "patch_size"):
+        if key in model_config and state_config.get(key) != model_config[key]:
+            raise InputError(state, f"has {key}={state_config.get(key)}, {checkpoint} has {model_config[key]}")
+    generator = load_generator(checkpoint, bn_mode=bn_mode, stretch=stretch)
+    model_config = dict(model_config, bn_mode=generator.bn_mode, stretch=generator.stretch)
     save_generator(generator, os.path.join(out, GENERATOR_FILE))
-    atomic_write(os.path.join(out, STATE_FILE), lambda tmp: shutil.copyfile(checkpoint, tmp), suffix=".h5")
+    atomic_write(os.path.join(out, STATE_FILE), lambda tmp: shutil.copyfile(state, tmp), suffix=".h5")
     manifest = {"mode": mode, "model": model_config, "train": train_config,
                 "source_checkpoint": os.path.basename(checkpoint),
+                **({"state_checkpoint": os.path.basename(state)} if state != checkpoint else {}),
                 "machine": {"platform": platform.platform(), "processor": platform.processor() or
                             platform.machine(), "cpu_count": os.cpu_count()},
                 **(run_info or {}), "validation": validation or {}}

@@ -12,6 +12,7 @@ import pytest
 from ddcgan_tf.checkpoint import load_generator
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.export import CONFIG_FILE, export_saved_model, read_config
+from ddcgan_tf.fuse import Fuser
 
 from conftest import REPO, synthetic_pair
 
@@ -170,3 +171,21 @@ def test_without_checkpoint_uses_the_shipped_weights_of_the_mode(generator_file,
     r = run(f"--output={tmp_path / 'vis'}")  # --mode vis-ir: nothing shipped in this root
     assert r.returncode == 2 and "no shipped vis-ir weights; pass --checkpoint" in r.stderr
     assert not (tmp_path / "vis").exists()
+
+
+def test_stretch_is_baked_in_per_image(generator_file, tmp_path):
+    import tensorflow as tf
+    from ddcgan_tf import images
+
+    g = load_generator(generator_file, stretch=True)
+    out_dir = str(tmp_path / "stretched")
+    assert export_saved_model(g, out_dir)["stretch"] is True and read_config(out_dir)["stretch"] is True
+    arrays = pairs_for([(40, 28)], batch=2)
+    got = tf.saved_model.load(out_dir).signatures["serving_default"](
+        vis=tf.constant(arrays["vis0"]), ir=tf.constant(arrays["ir0"]))["fused"].numpy()
+    fuser = Fuser(g)
+    for b in range(2):  # each image of the request stretched by itself, as ddcgan-fuse writes it
+        fused = fuser(arrays["vis0"][b, ..., 0], arrays["ir0"][b, ..., 0])
+        assert got[b].min() == 0 and abs(got[b].max() - 1) < 1e-6
+        diff = images.to_uint8(got[b, ..., 0]).astype(int) - fuser.to_uint8(fused)  # float32 vs float64
+        assert np.abs(diff).max() <= 1 and np.mean(diff != 0) < 0.01

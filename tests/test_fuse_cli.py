@@ -100,3 +100,27 @@ def test_tiled_file_fusion_matches_whole_image_fusion(generator_file, tmp_path):
     tiled = fuse_files(fuser, f"{vis_dir}/a.png", f"{ir_dir}/a.png", str(tmp_path / "tiled.png"), tile=64)
     np.testing.assert_allclose(tiled, whole, atol=1e-5)
     np.testing.assert_array_equal(iio.imread(tmp_path / "whole.png"), iio.imread(tmp_path / "tiled.png"))
+
+
+def test_weights_recorded_as_stretched_are_written_stretched_unless_told_not_to(generator_file, tmp_path):
+    from ddcgan_tf import images
+    from ddcgan_tf.checkpoint import save_generator
+
+    g = load_generator(generator_file, stretch=True)
+    for w in g.decoder_convs[-1].weights:  # outputs squeezed near 0.5, so a stretch shows
+        w.assign(w * 0.05)
+    stretched = str(tmp_path / "stretched.h5")
+    save_generator(g, stretched)
+    assert load_generator(stretched).stretch and not load_generator(generator_file).stretch
+    assert not load_generator(stretched, stretch=False).stretch
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a",), size=(48, 64), ir_scale=4)
+    args = ("ddcgan_tf.cli.fuse", "--vis", f"{vis_dir}/a.png", "--ir", f"{ir_dir}/a.png")
+    for flag, name in ((None, "default"), ("--nostretch", "plain")):
+        r = cli(*args, "--checkpoint", stretched, "--output", str(tmp_path / f"{name}.png"), *([flag] if flag else []))
+        assert r.returncode == 0, r.stderr[-2000:]
+    fused = Fuser(g)(images.read_grey(f"{vis_dir}/a.png"), images.read_grey(f"{ir_dir}/a.png"))
+    apart = images.to_uint8(fused, stretch=True).astype(int) - images.to_uint8(fused)
+    assert np.abs(apart).mean() > 5  # the two ways of writing it differ (the check below can fail)
+    for name, stretch in (("default", True), ("plain", False)):  # to 1 grey level: another process
+        diff = iio.imread(tmp_path / f"{name}.png").astype(int) - images.to_uint8(fused, stretch=stretch)
+        assert np.abs(diff).max() <= 1 and np.mean(diff != 0) < 0.01

@@ -28,19 +28,20 @@ SHIPPED = os.path.join(REPO, "checkpoints", "vis-ir")
 @pytest.mark.parametrize("bn_mode", ["batch", "moving"])
 def test_jax_fuser_gives_the_tensorflow_fuser_output(bn_mode):
     """Scoring on the GPU machine must score what ddcgan-fuse gives users: the shipped weights,
-    read from the generator file and from the full training state, fuse a pair as TF does."""
+    read from the generator file and from the full training state (the run's newest state, which
+    may be a later batch than the generator), fuse a pair as TF does."""
     from ddcgan_tf.checkpoint import load_generator
     from ddcgan_tf.fuse import Fuser
     from ddcgan_tf.patches import downsample_ir
 
     vis, ir = synthetic_pair(64, 96, seed=3)
     ir = downsample_ir(ir, 4)
-    want = Fuser(load_generator(SHIPPED, bn_mode=bn_mode))(vis, ir)
     for path in ("generator.h5", "train_state.h5"):
+        want = Fuser(load_generator(os.path.join(SHIPPED, path), bn_mode=bn_mode))(vis, ir)
         got = jt.Fuser(os.path.join(SHIPPED, path), bn_mode)(vis, ir)
         assert got.shape == want.shape == (64, 96)
         np.testing.assert_allclose(got, want, atol=1e-4)
-    assert want.std() > 0.05  # an image, not a constant
+        assert want.std() > 0.05  # an image, not a constant
 
 
 def test_jax_fuser_rejects_what_tensorflow_would():
@@ -139,6 +140,8 @@ def test_pack_keeps_the_chosen_generator_within_the_budget(job, tmp_path, monkey
     _, _, runs, ckpts = job
     with open(os.path.join(runs, "choice.json"), "w") as f:  # the oldest of a: last in line by age
         json.dump({"held_out": {"checkpoint": "a/ckpt-00001000.h5"}}, f)
+    with open(os.path.join(runs, "choose.log"), "w") as f:  # what a timed-out choice leaves
+        f.write("scored a/ckpt-00001000.h5 on 24 training pairs (105 s)\n")
     newest = sum(os.path.getsize(ckpts[k]) for k in (("a", "ckpt-00003000.h5"), ("b", "ckpt-00001000.h5")))
     gen = 4.5 * 2**20  # a generator-only file is about 4.4 MB
     monkeypatch.setattr(pack, "BUDGET", int(newest + 1.5 * gen))  # room for one earlier generator
@@ -148,4 +151,4 @@ def test_pack_keeps_the_chosen_generator_within_the_budget(job, tmp_path, monkey
     with tarfile.open(os.path.join(out, "a_gens.tar")) as t:
         assert t.getnames() == ["a/ckpt-00001000.h5"]
     with tarfile.open(os.path.join(out, "logs.tar")) as t:
-        assert "choice.json" in t.getnames()
+        assert {"choice.json", "choose.log"} <= set(t.getnames())

@@ -199,6 +199,7 @@ def test_fuse_cli_takes_an_official_checkpoint_directory(official_checkpoint, tm
     assert r.returncode == 0, r.stderr[-2000:]
     fused = iio.imread(out)
     assert fused.shape == (48, 64) and fused.std() > 0
+    assert (fused.min(), fused.max()) == (0, 255)  # min-max stretched, as the official imsave wrote it
 
 
 def test_broken_official_checkpoints_are_one_line_errors(tmp_path):

@@ -45,6 +45,32 @@ def test_ship_can_set_the_bn_statistics_the_weights_fuse_with(tmp_path):
     assert ckpt.read_configs(os.path.join(out, "train_state.h5"))[0]["bn_mode"] == "batch"
 
 
+def test_ship_takes_the_generator_of_one_checkpoint_and_the_state_of_a_later_one(tmp_path):
+    import pytest
+    from ddcgan_tf.errors import InputError
+
+    early, late = build_model(patch_size=32), build_model(patch_size=32)
+    ckpt.save_generator(early.generator, str(tmp_path / "ckpt-00000002.h5"))  # generator-only, as pack.py keeps
+    ckpt.save_state(late, str(tmp_path / "ckpt-00000009.h5"))
+    out = shipped.ship(str(tmp_path / "ckpt-00000002.h5"), "vis-ir", root=str(tmp_path / "ship"),
+                       state=str(tmp_path / "ckpt-00000009.h5"), bn_mode="moving", stretch=True)
+    gen = ckpt.load_generator(out)
+    assert (gen.bn_mode, gen.stretch) == ("moving", True)
+    for a, b in zip(gen.weights, early.generator.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    fresh = build_model(patch_size=32)
+    ckpt.load_state(fresh, os.path.join(out, "train_state.h5"))
+    np.testing.assert_array_equal(fresh.dv.weights[0].numpy(), late.dv.weights[0].numpy())
+    manifest = json.load(open(os.path.join(out, "manifest.json")))
+    assert (manifest["source_checkpoint"], manifest["state_checkpoint"]) == ("ckpt-00000002.h5", "ckpt-00000009.h5")
+    assert manifest["model"]["stretch"] is True
+    other = build_model(patch_size=32, official_decoder=False)
+    ckpt.save_state(other, str(tmp_path / "ckpt-00000010.h5"))
+    with pytest.raises(InputError, match="official_decoder=False"):
+        shipped.ship(str(tmp_path / "ckpt-00000002.h5"), "vis-ir", root=str(tmp_path / "ship2"),
+                     state=str(tmp_path / "ckpt-00000010.h5"))
+
+
 def test_shipped_vis_ir_weights_fuse_better_than_an_untrained_generator():
     path = shipped.default_checkpoint("vis-ir")
     manifest = json.load(open(os.path.join(os.path.dirname(path), "manifest.json")))

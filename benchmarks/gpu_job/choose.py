@@ -1,6 +1,7 @@
-"""The pre-declared choice of a retrain's checkpoint (WORKSPACE.md, "held_out_8"), made where the
-checkpoints are: on the lent GPU (JAX, no TensorFlow) it takes a minute or two; scoring the same
-candidates with TensorFlow on the 2-core CPU would take about two hours.
+"""The pre-declared choice of a retrain's checkpoint (WORKSPACE.md, "held_out_8"). Measured: with
+TensorFlow (TF_ENABLE_ONEDNN_OPTS=1) on the 2-core CPU, about 230 s a checkpoint (24 pairs, two BN
+modes, 3.3 s a fuse); on the lent H200 with --backend jax, 105 s for the first (compiles for 24
+image sizes) and over 65 s for the next, so run.sh leaves it to the CPU by default.
 
   python3 benchmarks/gpu_job/choose.py RUNS_DIR PATCHES.h5 TNO_DIR OUT_JSON \\
       [--last 3] [--backend jax|tf] [--workers N] [--held_out held_out_8]

@@ -4,8 +4,8 @@
 
 Per run: its newest checkpoint whole (to resume from), as OUT/<run>_ckpt-N.h5, and up to two
 earlier ones as generator-only files (to score) in OUT/<run>_gens.tar; and one OUT/logs.tar of
-every run's steps.jsonl, config.json and stdout, and of choose.py's choice.json / choice.md when
-RUNS_DIR holds them. Generator files are left out, oldest first, while the total would pass
+every run's steps.jsonl, config.json and stdout, and of choose.py's choice.json / choice.md and
+its log when RUNS_DIR holds them. Generator files are left out, oldest first, while the total would pass
 BUDGET; the chosen checkpoint's is kept before any other.
 """
 import json
@@ -36,7 +36,7 @@ def main(src, out):
         with open(os.path.join(src, "choice.json")) as f:
             chosen = tuple(json.load(f)["held_out"]["checkpoint"].split("/"))  # (run, ckpt-N.h5)
     with tarfile.open(os.path.join(out, "logs.tar"), "w") as logs:
-        for name in ("choice.json", "choice.md"):
+        for name in ("choice.json", "choice.md", "choose.log"):
             if os.path.exists(os.path.join(src, name)):
                 logs.add(os.path.join(src, name), name)
         for run in runs:

@@ -1,6 +1,7 @@
 """ddcgan-export: write a generator as a SavedModel (signatures serve / serving_default).
 
-  ddcgan-export --checkpoint runs/tno --output exported/ddcgan [--bn_mode moving] [--overwrite]
+  ddcgan-export --checkpoint runs/tno --output exported/ddcgan [--bn_mode moving] [--[no]stretch]
+      [--overwrite]
 
 Inputs vis float32 [N, H, W, 1] and ir float32 [N, H/4, W/4, 1] in [0, 1]; output "fused"
 float32 [N, H, W, 1]. See ddcgan_tf/export.py.
@@ -17,6 +18,8 @@ flags.DEFINE_string("output", None, "SavedModel directory to write (must not exi
 flags.DEFINE_enum("mode", "vis-ir", ["vis-ir", "pet-mri"], "Which shipped weights to use without --checkpoint.")
 flags.DEFINE_enum("bn_mode", None, ["batch", "moving"], "BN statistics baked into the export "
                   "(default: the checkpoint's, normally batch = per-image statistics).")
+flags.DEFINE_boolean("stretch", None, "Min-max stretch each fused image in the export, as ddcgan-fuse "
+                     "writes it (default: what the weights record).")
 flags.DEFINE_boolean("overwrite", False, "Replace an existing --output directory.")
 
 
@@ -30,12 +33,12 @@ def main(argv):
     if not FLAGS.output:
         raise InputError("flags", "missing --output")
     checkpoint = FLAGS.checkpoint or default_checkpoint(FLAGS.mode)
-    generator = load_generator(checkpoint, bn_mode=FLAGS.bn_mode)
+    generator = load_generator(checkpoint, bn_mode=FLAGS.bn_mode, stretch=FLAGS.stretch)
     config = export_saved_model(generator, FLAGS.output, overwrite=FLAGS.overwrite)
     s = config["scale"]
     print(f"wrote {FLAGS.output} (signatures serve, serving_default: vis [N,H,W,1], "
           f"ir [N,H/{s},W/{s},1] -> {OUTPUT_KEY} [N,H,W,1]; bn_mode={config['bn_mode']}, "
-          f"official_decoder={config['official_decoder']})")
+          f"stretch={config['stretch']}, official_decoder={config['official_decoder']})")
 
 
 def run():

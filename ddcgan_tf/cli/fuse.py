@@ -23,7 +23,9 @@ flags.DEFINE_string("checkpoint", None, "Checkpoint file, model directory, gener
 flags.DEFINE_enum("bn_mode", None, ["batch", "moving"], "Override the checkpoint's BN statistics mode.")
 flags.DEFINE_boolean("resize", False, "Make sizes fit: crop the visible image to a multiple of 4 and "
                      "downsample/resample the infrared image to 1/4 of it.")
-flags.DEFINE_boolean("stretch", False, "Min-max stretch the output as the official code's imsave does.")
+flags.DEFINE_boolean("stretch", None, "Min-max stretch the output as the official code's imsave did "
+                     "(default: what the weights record: yes for the shipped vis-ir weights and "
+                     "official TF1 checkpoints; --nostretch writes the generator's output as is).")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the generator.")
 flags.DEFINE_integer("tile", None, "Fuse in overlapping tiles of this side (multiple of 4, e.g. 512) so "
                      "memory is bounded by the tile, not the image; exact (see ddcgan_tf/tiling.py).")
@@ -41,7 +43,8 @@ def main(argv):
         from ddcgan_tf.demo import run_demo
 
         checkpoint = FLAGS.checkpoint or default_checkpoint("vis-ir")
-        fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode), jit_compile=FLAGS.jit_compile)
+        fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode, stretch=FLAGS.stretch),
+                      jit_compile=FLAGS.jit_compile)
         run_demo(fuser, FLAGS.output_dir or "demo_output")
         return
     if FLAGS.mode == "pet-mri":
@@ -57,7 +60,8 @@ def main(argv):
     if single:
         check_output_path(FLAGS.output)  # before any work
     checkpoint = FLAGS.checkpoint or default_checkpoint("vis-ir")
-    fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode), jit_compile=FLAGS.jit_compile)
+    fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode, stretch=FLAGS.stretch),
+                  jit_compile=FLAGS.jit_compile)
     if single:
         fuse_files(fuser, FLAGS.vis, FLAGS.ir, FLAGS.output, resize=FLAGS.resize, stretch=FLAGS.stretch,
                    tile=FLAGS.tile)
@@ -103,9 +107,10 @@ def fuse_pet_mri_cli():
         print(f"note: {FLAGS.pet} is grey, so the fused image is grey")
         pet = pet[..., 0]
     checkpoint = FLAGS.checkpoint or default_checkpoint("pet-mri")
-    fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode), jit_compile=FLAGS.jit_compile)
+    fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode, stretch=FLAGS.stretch),
+                  jit_compile=FLAGS.jit_compile)
     fused = fuse_pet_mri(fuser, mri, pet, mri_name=FLAGS.mri, pet_name=FLAGS.pet)
-    images.write_image(FLAGS.output, fused, stretch=FLAGS.stretch)
+    images.write_image(FLAGS.output, fused, stretch=fuser.stretch)
     print(f"wrote {FLAGS.output}")
 
 
