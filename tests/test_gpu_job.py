@@ -136,19 +136,34 @@ def test_choose_refuses_a_patch_set_cut_from_held_out_scenes(job, tmp_path):
         choose.choose(runs, leaky, tno)
 
 
-def test_pack_keeps_the_chosen_generator_within_the_budget(job, tmp_path, monkeypatch):
+def test_pack_keeps_the_chosen_generator_within_the_budget_and_unpacks(job, tmp_path, monkeypatch):
     _, _, runs, ckpts = job
     with open(os.path.join(runs, "choice.json"), "w") as f:  # the oldest of a: last in line by age
         json.dump({"held_out": {"checkpoint": "a/ckpt-00001000.h5"}}, f)
     with open(os.path.join(runs, "choose.log"), "w") as f:  # what a timed-out choice leaves
         f.write("scored a/ckpt-00001000.h5 on 24 training pairs (105 s)\n")
-    newest = sum(os.path.getsize(ckpts[k]) for k in (("a", "ckpt-00003000.h5"), ("b", "ckpt-00001000.h5")))
-    gen = 4.5 * 2**20  # a generator-only file is about 4.4 MB
-    monkeypatch.setattr(pack, "BUDGET", int(newest + 1.5 * gen))  # room for one earlier generator
+    with open(os.path.join(runs, "a", "steps.jsonl"), "w") as f:
+        f.write('{"step": 3000}\n')
+    newest = {k: open(ckpts[k], "rb").read() for k in (("a", "ckpt-00003000.h5"), ("b", "ckpt-00001000.h5"))}
+    sizes = sum(pack.gzipped_size(ckpts[k]) for k in newest)
+    pack.generator_only(ckpts[("a", "ckpt-00002000.h5")], str(tmp_path / "g.h5"))
+    gen = pack.gzipped_size(str(tmp_path / "g.h5"))  # the gzipped sizes are what the budget counts
+    monkeypatch.setattr(pack, "BUDGET", int(sizes + 1.5 * gen))  # room for one earlier generator
     out = str(tmp_path / "out")
     pack.main(runs, out)
-    assert sorted(os.listdir(out)) == ["a_ckpt-00003000.h5", "a_gens.tar", "b_ckpt-00001000.h5", "logs.tar"]
-    with tarfile.open(os.path.join(out, "a_gens.tar")) as t:
+    assert sorted(os.listdir(out)) == ["a_ckpt-00003000.h5.gz", "a_gens.tar.gz", "b_ckpt-00001000.h5.gz",
+                                       "logs.tar.gz"]
+    with tarfile.open(os.path.join(out, "a_gens.tar.gz")) as t:
         assert t.getnames() == ["a/ckpt-00001000.h5"]
-    with tarfile.open(os.path.join(out, "logs.tar")) as t:
-        assert {"choice.json", "choose.log"} <= set(t.getnames())
+    with tarfile.open(os.path.join(out, "logs.tar.gz")) as t:
+        assert {"choice.json", "choose.log", "a/steps.jsonl"} <= set(t.getnames())
+
+    back = str(tmp_path / "back")
+    written = pack.unpack(out, back)
+    assert written == [os.path.join(back, "a", n) for n in ("ckpt-00001000.h5", "ckpt-00003000.h5")] + [
+        os.path.join(back, "b", "ckpt-00001000.h5")]
+    for (run, name), data in newest.items():  # the newest whole, byte for byte
+        assert open(os.path.join(back, run, name), "rb").read() == data
+    with h5py.File(os.path.join(back, "a", "ckpt-00001000.h5")) as f:
+        assert list(f) == ["generator"]
+    assert os.path.exists(os.path.join(back, "a", "steps.jsonl")) and os.path.exists(os.path.join(back, "choice.json"))

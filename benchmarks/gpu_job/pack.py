@@ -1,15 +1,22 @@
-"""Packs the device job's run directories for the trip back (at most 8 files, 64 MiB together).
+"""Packs the device job's run directories for the trip back (at most 8 files, 64 MiB together),
+and unpacks them here.
 
-  python3 benchmarks/gpu_job/pack.py RUNS_DIR OUT
+  python3 benchmarks/gpu_job/pack.py RUNS_DIR OUT            # there, after training
+  python benchmarks/gpu_job/pack.py --unpack FILES_AT RUNS   # here: RUNS/<run>/ckpt-N.h5, logs
 
-Per run: its newest checkpoint whole (to resume from), as OUT/<run>_ckpt-N.h5, and up to two
-earlier ones as generator-only files (to score) in OUT/<run>_gens.tar; and one OUT/logs.tar of
-every run's steps.jsonl, config.json and stdout, and of choose.py's choice.json / choice.md and
-its log when RUNS_DIR holds them. Generator files are left out, oldest first, while the total would pass
-BUDGET; the chosen checkpoint's is kept before any other.
+Per run: its newest checkpoint whole (to resume from), gzipped, as OUT/<run>_ckpt-N.h5.gz, and
+up to two earlier ones as generator-only files (to score) in OUT/<run>_gens.tar.gz; and one
+OUT/logs.tar.gz of every run's steps.jsonl, config.json and stdout, and of choose.py's
+choice.json / choice.md and its log when RUNS_DIR holds them. Generator files are left out,
+oldest first, while the total (gzipped sizes) would pass BUDGET; the chosen checkpoint's is kept
+before any other. gzip saves about 8 % of a checkpoint and 70 % of a log, which is what lets
+three runs' newest states and six earlier generators come back together (unzipped they did not:
+one was left out on the second lease).
 """
+import gzip
 import json
 import os
+import shutil
 import sys
 import tarfile
 
@@ -27,6 +34,37 @@ def generator_only(src, dst):
         b.attrs.update(dict(a.attrs))
 
 
+def gzipped_size(path):
+    with open(path, "rb") as f:
+        return len(gzip.compress(f.read(), compresslevel=6))
+
+
+def gzip_file(src, dst):
+    with open(src, "rb") as a, gzip.open(dst, "wb", compresslevel=6) as b:
+        shutil.copyfileobj(a, b)
+
+
+def unpack(files_at, runs_dir):
+    """Puts what main() packed back into run directories: RUNS/<run>/ckpt-N.h5 (the newest, whole;
+    earlier ones generator-only) with the run's steps.jsonl, config.json and stdout.log, and
+    choose.py's files in RUNS. -> the checkpoint paths written."""
+    written = []
+    for name in sorted(os.listdir(files_at)):
+        path = os.path.join(files_at, name)
+        if name.endswith(".tar.gz"):
+            with tarfile.open(path, "r:gz") as t:
+                t.extractall(runs_dir, filter="data")
+                written += [os.path.join(runs_dir, m) for m in t.getnames() if m.endswith(".h5")]
+        elif name.endswith(".h5.gz") and "_ckpt-" in name:
+            run, ckpt = name[:-3].rsplit("_ckpt-", 1)
+            os.makedirs(os.path.join(runs_dir, run), exist_ok=True)
+            dst = os.path.join(runs_dir, run, "ckpt-" + ckpt)
+            with gzip.open(path, "rb") as a, open(dst, "wb") as b:
+                shutil.copyfileobj(a, b)
+            written.append(dst)
+    return sorted(written)
+
+
 def main(src, out):
     os.makedirs(out, exist_ok=True)
     runs = sorted(d for d in os.listdir(src) if os.path.isdir(os.path.join(src, d)))
@@ -35,7 +73,7 @@ def main(src, out):
     if os.path.exists(os.path.join(src, "choice.json")):
         with open(os.path.join(src, "choice.json")) as f:
             chosen = tuple(json.load(f)["held_out"]["checkpoint"].split("/"))  # (run, ckpt-N.h5)
-    with tarfile.open(os.path.join(out, "logs.tar"), "w") as logs:
+    with tarfile.open(os.path.join(out, "logs.tar.gz"), "w:gz") as logs:
         for name in ("choice.json", "choice.md", "choose.log"):
             if os.path.exists(os.path.join(src, name)):
                 logs.add(os.path.join(src, name), name)
@@ -49,27 +87,30 @@ def main(src, out):
             ckpts = list_checkpoints(d)  # [(batch, path)], oldest first
             if not ckpts:
                 continue
-            newest = os.path.join(out, f"{run}_{os.path.basename(ckpts[-1][1])}")
-            os.replace(ckpts[-1][1], newest)
+            newest = os.path.join(out, f"{run}_{os.path.basename(ckpts[-1][1])}.gz")
+            gzip_file(ckpts[-1][1], newest)
             total += os.path.getsize(newest)
             for batch, path in ckpts[:-1][-EARLIER:]:
                 g = os.path.join(d, "gen-" + os.path.basename(path))
                 generator_only(path, g)
-                earlier.append((batch, run, os.path.basename(path), g))
+                earlier.append((batch, run, os.path.basename(path), g, gzipped_size(g)))
     kept = {}
     # the chosen one first, then the newest batches
-    for _, run, n, g in sorted(earlier, key=lambda e: ((e[1], e[2]) == chosen, e[0]), reverse=True):
-        if total + os.path.getsize(g) <= BUDGET:
-            total += os.path.getsize(g)
+    for _, run, n, g, size in sorted(earlier, key=lambda e: ((e[1], e[2]) == chosen, e[0]), reverse=True):
+        if total + size <= BUDGET:
+            total += size
             kept.setdefault(run, []).append((n, g))
         else:
             print(f"left out {run}/{n}: over the {BUDGET >> 20} MiB budget")
     for run, items in kept.items():
-        with tarfile.open(os.path.join(out, f"{run}_gens.tar"), "w") as t:
+        with tarfile.open(os.path.join(out, f"{run}_gens.tar.gz"), "w:gz") as t:
             for n, g in items:
                 t.add(g, f"{run}/{n}")
     print(f"packed {len(runs)} runs, {total / 2**20:.1f} MiB of checkpoints")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    if sys.argv[1] == "--unpack":
+        print("\n".join(unpack(*sys.argv[2:4])))
+    else:
+        main(*sys.argv[1:3])
