@@ -35,6 +35,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ddcgan_tf import config as C  # noqa: E402  (TensorFlow-free modules only)
+from ddcgan_tf import official  # noqa: E402
 from ddcgan_tf.checkpoint import latest_checkpoint, read_configs, resolve  # noqa: E402
 from ddcgan_tf.errors import InputError  # noqa: E402
 from ddcgan_tf.images import atomic_write  # noqa: E402
@@ -200,8 +201,21 @@ def discriminator(P, S, x):
 # ---------------------------------------------------------------- fusing (ddcgan_tf.fuse.Fuser)
 def read_generator(path):
     """(weights, BN statistics, model_config) of the generator in a checkpoint, train_state or
-    generator file, or a directory holding one (ddcgan_tf.checkpoint.resolve); numpy dicts keyed
-    as `generator` reads them."""
+    generator file, or a directory holding one (ddcgan_tf.checkpoint.resolve), or in an official
+    TF1 checkpoint (read with numpy: official.read_bundle); numpy dicts keyed as `generator`
+    reads them."""
+    prefix = official.find(path)
+    if prefix:
+        values = official.read(prefix, tensorflow=False)
+        scale = official.checkpoint_scale(values)
+        items = {}
+        for ours, name in official.generator_names(scale):
+            if name not in values:
+                raise InputError(prefix, f"holds no variable {name!r}: not an official DDcGAN generator checkpoint")
+            items[ours] = np.asarray(values[name], np.float32)
+        model_config = {"scale": scale, "official_decoder": True, "bn_mode": "batch"}
+        return ({k: v for k, v in items.items() if _leaf(k) not in STATS},
+                {k: v for k, v in items.items() if _leaf(k) in STATS}, model_config)
     path = resolve(path)
     model_config, _ = read_configs(path)
     with h5py.File(path, "r") as f:

@@ -20,7 +20,9 @@ Generator.py / Deconv.py / Discriminator.py through tf.compat.v1 and saving it; 
       b{1,2}/batch_normalization/..., flatten1/dense/{kernel,bias}
 
 The `_N` suffix of the first scope depends on the order the graph was built in, so it is
-ignored. Optimizer slots (`.../RMSProp`) and the step counter are not read: a warm start from
+ignored. `read` parses the checkpoint with TensorFlow; `read_bundle` parses the same files with
+numpy alone (the TF1 "tensor bundle": an SSTable index of BundleEntryProto records and raw
+little-endian data), for the JAX trainer on machines without TensorFlow. Optimizer slots (`.../RMSProp`) and the step counter are not read: a warm start from
 an official checkpoint starts fresh optimizers, as `--init_from` does for our own files. The
 official decoder applies its first kernel twice, so imported generators have
 `official_decoder=True`; the same-resolution variant (no transposed convs) loads with scale 1.
@@ -28,6 +30,7 @@ official decoder applies its first kernel twice, so imported generators have
 import glob
 import os
 import re
+import struct
 
 import numpy as np
 
@@ -86,44 +89,148 @@ def _newest_in(directory):
     return found[0][:-len(".index")] if found else None
 
 
-def read(prefix):
-    """{name with the first scope's _N suffix removed: numpy array} of a TF1 checkpoint."""
-    import tensorflow as tf
-
+def read(prefix, tensorflow=True):
+    """{name with the first scope's _N suffix removed: numpy array} of a TF1 checkpoint, read
+    with TensorFlow, or with numpy alone (`read_bundle`) when tensorflow=False."""
+    if tensorflow:
+        import tensorflow as tf
+        errors = (tf.errors.OpError, ValueError, OSError)
+    else:
+        errors = (ValueError, OSError, IndexError, KeyError, struct.error)
     try:
-        reader = tf.train.load_checkpoint(prefix)
-        names = reader.get_variable_to_shape_map()
+        if tensorflow:
+            reader = tf.train.load_checkpoint(prefix)
+            stored = {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()}
+        else:
+            stored = read_bundle(prefix)
         values = {}
-        for name in names:
+        for name, value in stored.items():
             key = _FIRST_SCOPE_SUFFIX.sub(r"\1/", name)
             if key in values:
                 raise InputError(prefix, f"two variables map to {key!r}: not one official DDcGAN graph")
-            values[key] = reader.get_tensor(name)
+            values[key] = value
     except InputError:
         raise
-    except (tf.errors.OpError, ValueError, OSError) as e:
+    except errors as e:
         raise InputError(prefix, f"cannot read TF1 checkpoint ({describe(e)})") from None
     return values
 
 
-def generator_variables(gen):
-    """[(our variable, official name)] for every weight of `gen` (Generator)."""
+# ------------------------------------------------------------ the TF1 bundle, without TensorFlow
+_MAGIC = 0xDB4775248B80FB57  # leveldb/TF table footer magic
+_DTYPES = {1: "<f4", 2: "<f8", 3: "<i4", 4: "u1", 5: "<i2", 6: "i1", 9: "<i8", 10: "?", 19: "<f2"}
+
+
+def _varint(buf, pos):
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _proto(buf):
+    """{field number: [values]} of a protobuf message (varints as ints, the rest as bytes)."""
+    fields, pos = {}, 0
+    while pos < len(buf):
+        tag, pos = _varint(buf, pos)
+        kind = tag & 7
+        if kind == 0:
+            value, pos = _varint(buf, pos)
+        elif kind == 1:
+            value, pos = buf[pos:pos + 8], pos + 8
+        elif kind == 2:
+            size, pos = _varint(buf, pos)
+            value, pos = buf[pos:pos + size], pos + size
+        elif kind == 5:
+            value, pos = buf[pos:pos + 4], pos + 4
+        else:
+            raise ValueError(f"protobuf wire type {kind}")
+        fields.setdefault(tag >> 3, []).append(value)
+    return fields
+
+
+def _block(data, handle):
+    """[(key, value)] of one table block (prefix-compressed keys, restart array at the end)."""
+    offset, pos = _varint(handle, 0)
+    size, _ = _varint(handle, pos)
+    block = data[offset:offset + size]
+    if data[offset + size] != 0:
+        raise ValueError("compressed table block")
+    (restarts,) = struct.unpack_from("<I", block, size - 4)
+    end, pos, key, out = size - 4 - 4 * restarts, 0, b"", []
+    while pos < end:
+        shared, pos = _varint(block, pos)
+        unshared, pos = _varint(block, pos)
+        length, pos = _varint(block, pos)
+        key = key[:shared] + block[pos:pos + unshared]
+        pos += unshared
+        out.append((key, block[pos:pos + length]))
+        pos += length
+    return out
+
+
+def read_bundle(prefix):
+    """{name: numpy array} of a TF1/TF2 name-based checkpoint (prefix.index + prefix.data-*),
+    parsed with numpy alone; names as stored (tensors of other dtypes, e.g. strings, skipped)."""
+    with open(prefix + ".index", "rb") as f:
+        index = f.read()
+    if len(index) < 48 or struct.unpack_from("<Q", index, len(index) - 8)[0] != _MAGIC:
+        raise ValueError("not a TF checkpoint index (no table footer)")
+    footer = index[-48:]
+    _, pos = _varint(footer, 0)
+    _, pos = _varint(footer, pos)  # the metaindex handle (unused), then the index block's
+    index_handle = footer[pos:]
+    entries = [kv for _, handle in _block(index, index_handle) for kv in _block(index, handle)]
+    header = _proto(dict(entries).get(b"", b""))
+    shards = header.get(1, [1])[0]
+    data = {}
+    values = {}
+    for key, raw in entries:
+        if not key:
+            continue
+        entry = _proto(raw)
+        dtype = _DTYPES.get(entry.get(1, [0])[0])
+        if dtype is None or entry.get(7):  # an unsupported dtype, or a sliced (partitioned) tensor
+            continue
+        shape = tuple(_proto(d).get(1, [0])[0] for d in _proto(entry[2][0]).get(2, [])) if 2 in entry else ()
+        shard = entry.get(3, [0])[0]
+        if shard not in data:
+            with open(f"{prefix}.data-{shard:05d}-of-{shards:05d}", "rb") as f:
+                data[shard] = f.read()
+        offset, size = entry.get(4, [0])[0], entry.get(5, [0])[0]
+        values[key.decode()] = np.frombuffer(data[shard][offset:offset + size], dtype).reshape(shape).copy()
+    return values
+
+
+def generator_names(scale):
+    """[(our variable path under `generator/`, official name)] for every weight of a Generator of
+    this scale, in its `weights` order (TensorFlow-free: the JAX trainer reads with it too)."""
     pairs = []
 
-    def conv(layer, scope, bn_scope):
-        pairs.extend([(layer.conv.kernel, f"{scope}/kernel"), (layer.conv.bias, f"{scope}/bias")])
-        if layer.bn is not None:
-            pairs.extend((getattr(layer.bn, k), f"{bn_scope}/batch_normalization/{k}") for k in _BN)
+    def conv(ours, scope, bn_scope):
+        pairs.extend([(f"{ours}/conv/kernel", f"{scope}/kernel"), (f"{ours}/conv/bias", f"{scope}/bias")])
+        if bn_scope:
+            pairs.extend((f"{ours}/bn/{k}", f"{bn_scope}/batch_normalization/{k}") for k in _BN)
 
-    if gen.scale > 1:
-        pairs += [(gen.deconv_ir.kernel, "Generator/deconv_ir/deconv1/kernel"),
-                  (gen.deconv_vis.kernel, "Generator/deconv_vis/deconv1/kernel")]
-    conv(gen.encoder_conv, "Generator/encoder/conv1_1", "Generator/encoder/b0")
-    for k, layer in enumerate(gen.dense_convs, start=1):
-        conv(layer, f"Generator/encoder/dense_block_conv{k}", f"Generator/encoder/b{k}")
-    for layer, (scope, bn) in zip(gen.decoder_convs, _DECODER):
-        conv(layer, f"Generator/decoder/{scope}", bn and f"Generator/decoder/{bn}")
+    if scale > 1:
+        pairs += [("deconv_ir/kernel", "Generator/deconv_ir/deconv1/kernel"),
+                  ("deconv_vis/kernel", "Generator/deconv_vis/deconv1/kernel")]
+    conv("encoder_conv1_1", "Generator/encoder/conv1_1", "Generator/encoder/b0")
+    for k in range(1, 5):
+        conv(f"encoder_dense_block_conv{k}", f"Generator/encoder/dense_block_conv{k}", f"Generator/encoder/b{k}")
+    for k, (scope, bn) in enumerate(_DECODER, start=1):
+        conv(f"decoder_conv2_{k}", f"Generator/decoder/{scope}", bn and f"Generator/decoder/{bn}")
     return pairs
+
+
+def generator_variables(gen):
+    """[(our variable, official name)] for every weight of `gen` (Generator)."""
+    by_path = {v.path.split("generator/", 1)[1]: v for v in gen.weights}
+    return [(by_path[ours], name) for ours, name in generator_names(gen.scale)]
 
 
 def discriminator_variables(d, scope):

@@ -221,3 +221,54 @@ def test_broken_official_checkpoints_are_one_line_errors(tmp_path):
     with pytest.raises(InputError, match="cannot read TF1 checkpoint") as e:
         ckpt.load_generator(str(damaged))
     assert "\n" not in str(e.value)
+
+
+def test_numpy_reader_reads_what_tensorflow_reads(official_checkpoint, tmp_path):
+    """official.read_bundle (numpy alone, for the JAX trainer) parses the bundle as TensorFlow
+    does: every variable, RMSProp slots and the int32 step counter included."""
+    prefix, values = official_checkpoint
+    got = official.read_bundle(prefix)
+    reader = tf.train.load_checkpoint(prefix)
+    assert sorted(got) == sorted(reader.get_variable_to_shape_map()) == sorted(values)
+    for name in values:
+        want = reader.get_tensor(name)
+        assert got[name].dtype == want.dtype and got[name].shape == want.shape, name
+        np.testing.assert_array_equal(got[name], want)
+    # many blocks and keys sharing long prefixes: a bundle far larger than one 4 KiB table block
+    many = {f"scope/{'x' * 40}/{k:04d}": np.full((k % 5,) * (k % 3), k, np.float32) for k in range(600)}
+    many["scalar"] = np.array(2.5, np.float64)
+    big = write_tf1(str(tmp_path / "many" / "model.ckpt"), many)
+    got = official.read_bundle(big)
+    assert sorted(got) == sorted(many)
+    for name, value in many.items():
+        np.testing.assert_array_equal(got[name], value)
+        assert got[name].dtype == value.dtype
+    with open(prefix + ".index", "rb") as f:
+        index = f.read()
+    damaged = tmp_path / "damaged"
+    shutil.copytree(os.path.dirname(prefix), damaged)
+    with open(damaged / "model.ckpt.index", "wb") as f:
+        f.write(index[:-10])
+    with pytest.raises(InputError, match="cannot read TF1 checkpoint") as e:
+        official.read(str(damaged / "model.ckpt"), tensorflow=False)
+    assert "\n" not in str(e.value)
+
+
+def test_jax_fuser_reads_an_official_checkpoint_without_tensorflow(official_checkpoint):
+    import sys
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    import jax_train as jt
+    from ddcgan_tf.fuse import Fuser
+
+    prefix, _ = official_checkpoint
+    P, S, config = jt.read_generator(os.path.dirname(prefix))
+    assert (config["scale"], config["official_decoder"]) == (4, True)
+    gen = ckpt.load_generator(prefix)
+    ours = {v.path.split("generator/", 1)[1]: v.numpy() for v in gen.weights}
+    assert sorted({**P, **S}) == sorted(ours)
+    for k, v in {**P, **S}.items():
+        np.testing.assert_array_equal(v, ours[k])
+    vis, ir = synthetic_pair(48, 64, seed=2)
+    for bn_mode in ("batch", "moving"):
+        want = Fuser(ckpt.load_generator(prefix, bn_mode=bn_mode))(vis, ir[::4, ::4])
+        np.testing.assert_allclose(jt.Fuser(prefix, bn_mode)(vis, ir[::4, ::4]), want, atol=1e-4)
