@@ -95,8 +95,7 @@ def main():
     model = DDcGAN(official_decoder=bool(args.official_decoder))
     model.compile(train_config=cfg, steps_per_epoch=1000)
     pieces = DDcGAN(official_decoder=bool(args.official_decoder))
-    pieces.compile(train_config=C.get_preset("official", max_repeats=1), steps_per_epoch=1000,
-                   jit_compile=True)
+    pieces.compile(train_config=cfg, steps_per_epoch=1000, jit_compile=True)
     modes = [("tf.function", model, tf.function(model.train_step)),
              ("XLA pieces", pieces, tf.function(pieces.train_step)),
              ("XLA whole", model, tf.function(model.train_step, jit_compile=True))]

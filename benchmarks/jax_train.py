@@ -214,15 +214,14 @@ def read_generator(path):
                 raise InputError(prefix, f"holds no variable {name!r}: not an official DDcGAN generator checkpoint")
             items[ours] = np.asarray(values[name], np.float32)
         model_config = {"scale": scale, "official_decoder": True, "bn_mode": "batch"}
-        return ({k: v for k, v in items.items() if _leaf(k) not in STATS},
-                {k: v for k, v in items.items() if _leaf(k) in STATS}, model_config)
-    path = resolve(path)
-    model_config, _ = read_configs(path)
-    with h5py.File(path, "r") as f:
-        if "generator" not in f:
-            raise InputError(path, "holds no generator weights")
-        g = f["generator"]
-        items = {g[k].attrs["path"].split("generator/", 1)[1]: g[k][()] for k in g}
+    else:
+        path = resolve(path)
+        model_config, _ = read_configs(path)
+        with h5py.File(path, "r") as f:
+            if "generator" not in f:
+                raise InputError(path, "holds no generator weights")
+            g = f["generator"]
+            items = {g[k].attrs["path"].split("generator/", 1)[1]: g[k][()] for k in g}
     P = {k: v for k, v in items.items() if _leaf(k) not in STATS}
     S = {k: v for k, v in items.items() if _leaf(k) in STATS}
     return P, S, model_config

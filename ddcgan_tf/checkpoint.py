@@ -149,12 +149,12 @@ def load_networks(model, path):
         stored, wanted = _generator_option(model_config, key), getattr(model.generator, key)
         if stored != wanted:
             raise InputError(path, f"was trained with {key}={stored}, this run has {key}={wanted}")
-    loaded = _read_networks(path, (("generator", model.generator), ("dv", model.dv), ("di", model.di)),
-                            "network weights")
+    discriminators = (("dv", model.dv), ("di", model.di))
     shipped_generator = os.path.join(os.path.dirname(path), GENERATOR_FILE)
     if os.path.basename(path) == STATE_FILE and os.path.isfile(shipped_generator):
-        _read_networks(shipped_generator, (("generator", model.generator),), "generator weights")
-    return loaded
+        return (_read_networks(shipped_generator, (("generator", model.generator),), "generator weights")
+                + _read_networks(path, discriminators, "network weights"))
+    return _read_networks(path, (("generator", model.generator),) + discriminators, "network weights")
 
 
 def _read_networks(path, nets, what):

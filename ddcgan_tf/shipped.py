@@ -51,10 +51,11 @@ def ship(checkpoint, mode, run_info=None, validation=None, root=CHECKPOINT_ROOT,
     os.makedirs(out, exist_ok=True)
     model_config, train_config = read_configs(checkpoint)
     state = state or checkpoint
-    state_config = read_configs(state)[0]
-    for key in ("scale", "official_decoder", "patch_size"):
-        if key in model_config and state_config.get(key) != model_config[key]:
-            raise InputError(state, f"has {key}={state_config.get(key)}, {checkpoint} has {model_config[key]}")
+    if state != checkpoint:
+        state_config = read_configs(state)[0]
+        for key in ("scale", "official_decoder", "patch_size"):
+            if key in model_config and state_config.get(key) != model_config[key]:
+                raise InputError(state, f"has {key}={state_config.get(key)}, {checkpoint} has {model_config[key]}")
     generator = load_generator(checkpoint, bn_mode=bn_mode, stretch=stretch)
     model_config = dict(model_config, bn_mode=generator.bn_mode, stretch=generator.stretch)
     save_generator(generator, os.path.join(out, GENERATOR_FILE))

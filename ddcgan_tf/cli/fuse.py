@@ -63,12 +63,11 @@ def main(argv):
     fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode, stretch=FLAGS.stretch),
                   jit_compile=FLAGS.jit_compile)
     if single:
-        fuse_files(fuser, FLAGS.vis, FLAGS.ir, FLAGS.output, resize=FLAGS.resize, stretch=FLAGS.stretch,
-                   tile=FLAGS.tile)
+        fuse_files(fuser, FLAGS.vis, FLAGS.ir, FLAGS.output, resize=FLAGS.resize, tile=FLAGS.tile)
         print(f"wrote {FLAGS.output}")
         return
     written, failed = fuse_dirs(fuser, FLAGS.vis_dir, FLAGS.ir_dir, FLAGS.output_dir,
-                                resize=FLAGS.resize, stretch=FLAGS.stretch, tile=FLAGS.tile)
+                                resize=FLAGS.resize, tile=FLAGS.tile)
     print(f"fused {len(written)} pairs into {FLAGS.output_dir}")
     if failed:
         print(f"ddcgan-fuse: error: {len(failed)} pair(s) failed:", file=sys.stderr)
