@@ -11,7 +11,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
-from ddcgan_tf import images
+from ddcgan_tf import images, ycbcr
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.generator import check_sizes
 from ddcgan_tf.patches import fit_sizes  # noqa: F401 (the --resize rule; TF-free there)
@@ -49,22 +49,34 @@ class Fuser:
         return images.to_uint8(fused, stretch=self.stretch if stretch is None else stretch)
 
 
-def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=None, tile=None):
+def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=None, tile=None, colour=False):
     """Reads a pair, fuses it (in overlapping tiles of side `tile` if given; see tiling.py) and
     writes an 8-bit image, min-max stretched if `stretch` (default: fuser.stretch, what the
-    weights record). Returns the fused float image (unstretched)."""
-    vis, ir = fuser.prepare(images.read_grey(vis_path), images.read_grey(ir_path), resize,
-                            os.fspath(vis_path), os.fspath(ir_path))
+    weights record). With `colour`, a colour visible image keeps its colour: its luminance is
+    fused and its chroma kept (ddcgan_tf.ycbcr; an RGB file is written); a grey one is fused as
+    usual. Returns the fused float image (grey, unstretched)."""
+    vis_path, ir_path = os.fspath(vis_path), os.fspath(ir_path)
+    rgb = images.read_rgb(vis_path) if colour else None
+    if rgb is not None and ycbcr.is_grey(rgb):
+        rgb = None
+    vis = ycbcr.luminance(rgb) if rgb is not None else images.read_grey(vis_path)
+    vis, ir = fuser.prepare(vis, images.read_grey(ir_path), resize, vis_path, ir_path)
     if tile:
         from ddcgan_tf.tiling import fuse_tiled
         fused = fuse_tiled(fuser, vis, ir, tile=tile)
     else:
         fused = fuser(vis, ir)
-    images.write_image(output, fused, stretch=fuser.stretch if stretch is None else stretch)
+    stretch = fuser.stretch if stretch is None else stretch
+    if rgb is None:
+        images.write_image(output, fused, stretch=stretch)
+    else:  # --resize crops the visible image at the bottom/right: crop its colour the same way
+        luma = images.stretch_range(fused) if stretch else fused
+        images.write_image(output, ycbcr.keep_chroma(luma, rgb[:vis.shape[0], :vis.shape[1]]))
     return fused
 
 
-def fuse_dirs(fuser, vis_dir, ir_dir, output_dir, resize=False, stretch=None, tile=None, log=print):
+def fuse_dirs(fuser, vis_dir, ir_dir, output_dir, resize=False, stretch=None, tile=None, log=print,
+              colour=False):
     """Fuses every pair (paired by file stem); a bad pair is reported and skipped.
 
     Returns (written paths, [(name, error message)]).
@@ -75,7 +87,7 @@ def fuse_dirs(fuser, vis_dir, ir_dir, output_dir, resize=False, stretch=None, ti
     for stem, vpath, ipath in pairs:
         out = os.path.join(output_dir, stem + ".png")
         try:
-            fuse_files(fuser, vpath, ipath, out, resize=resize, stretch=stretch, tile=tile)
+            fuse_files(fuser, vpath, ipath, out, resize=resize, stretch=stretch, tile=tile, colour=colour)
             written.append(out)
             log(f"{stem}: {out}")
         except InputError as e:

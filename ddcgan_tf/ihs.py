@@ -90,9 +90,10 @@ def fuse_pet_mri(fuser, mri, pet, mri_name="MRI", pet_name="PET"):
 def to_gamut(mean, colour):
     """RGB = mean + t * colour in [0, 1], with the largest t <= 1 per pixel.
 
-    `mean` is I / sqrt(3) (clipped to [0, 1]) and `colour` the zero-mean chroma part of RGB.
-    Out-of-range pixels lose saturation but keep their hue and intensity, unlike per-channel
-    clipping, which shifts the hue.
+    `mean` is the achromatic part (I / sqrt(3) here, Y in ddcgan_tf.ycbcr; clipped to [0, 1])
+    and `colour` the chroma part of RGB, whose mean (here) or luminance (ycbcr) is 0, so any t
+    keeps it. Out-of-range pixels lose saturation but keep their hue and intensity, unlike
+    per-channel clipping, which shifts the hue.
     """
     m = np.clip(np.asarray(mean, np.float64), 0.0, 1.0)[..., None]
     c = np.asarray(colour, np.float64)

@@ -163,12 +163,17 @@ def is_colour(path):
     return not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2]))
 
 
+def stretch_range(image):
+    """Min-max stretch to [0, 1] (a constant image becomes 0): the official code's `imsave`
+    (scipy.misc.bytescale), before its rounding to 8 bits."""
+    x = np.asarray(image, dtype=np.float64)
+    lo, hi = float(x.min()), float(x.max())
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
 def to_uint8(image, stretch=False):
     """float image in [0, 1] -> uint8; stretch=True reproduces the official min-max scaling."""
-    x = np.asarray(image, dtype=np.float64)
-    if stretch:
-        lo, hi = float(x.min()), float(x.max())
-        x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    x = stretch_range(image) if stretch else np.asarray(image, dtype=np.float64)
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 

@@ -26,6 +26,8 @@ flags.DEFINE_boolean("resize", False, "Make sizes fit: crop the visible image to
 flags.DEFINE_boolean("stretch", None, "Min-max stretch the output as the official code's imsave did "
                      "(default: what the weights record: yes for the shipped vis-ir weights and "
                      "official TF1 checkpoints; --nostretch writes the generator's output as is).")
+flags.DEFINE_boolean("colour", False, "vis-ir: keep a colour visible image's colour (fuse its luminance Y, "
+                     "keep its chroma Cb, Cr; see ddcgan_tf/ycbcr.py) and write RGB; grey ones stay grey.")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the generator.")
 flags.DEFINE_integer("tile", None, "Fuse in overlapping tiles of this side (multiple of 4, e.g. 512) so "
                      "memory is bounded by the tile, not the image; exact (see ddcgan_tf/tiling.py).")
@@ -63,11 +65,12 @@ def main(argv):
     fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode, stretch=FLAGS.stretch),
                   jit_compile=FLAGS.jit_compile)
     if single:
-        fuse_files(fuser, FLAGS.vis, FLAGS.ir, FLAGS.output, resize=FLAGS.resize, tile=FLAGS.tile)
+        fuse_files(fuser, FLAGS.vis, FLAGS.ir, FLAGS.output, resize=FLAGS.resize, tile=FLAGS.tile,
+                   colour=FLAGS.colour)
         print(f"wrote {FLAGS.output}")
         return
     written, failed = fuse_dirs(fuser, FLAGS.vis_dir, FLAGS.ir_dir, FLAGS.output_dir,
-                                resize=FLAGS.resize, tile=FLAGS.tile)
+                                resize=FLAGS.resize, tile=FLAGS.tile, colour=FLAGS.colour)
     print(f"fused {len(written)} pairs into {FLAGS.output_dir}")
     if failed:
         print(f"ddcgan-fuse: error: {len(failed)} pair(s) failed:", file=sys.stderr)
@@ -94,6 +97,9 @@ def fuse_pet_mri_cli():
     from ddcgan_tf.ihs import fuse_pet_mri
     from ddcgan_tf.shipped import default_checkpoint
 
+    if FLAGS.colour:
+        raise InputError("--colour", "is for a colour visible image (vis-ir mode); in pet-mri mode "
+                                     "the PET's colour is kept through IHS")
     missing = [f"--{n}" for n in ("mri", "pet", "output") if not FLAGS[n].value]
     if missing:
         raise InputError("flags", f"pet-mri mode needs {', '.join(missing)}")
