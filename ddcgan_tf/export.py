@@ -7,6 +7,12 @@ The SavedModel (written with Keras 3's `keras.export.ExportArchive`) has two sig
            ir   float32 [N, H/s, W/s, 1]      infrared image(s) in [0, 1], s = the scale (4)
   output   fused  float32 [N, H, W, 1]        fused image(s) in [0, 1]   (output key "fused")
 
+and a third, `serve_colour`, for colour visible images (ddcgan_tf.ycbcr, `ddcgan-fuse --colour`):
+
+  inputs   vis_rgb float32 [N, H, W, 3]       visible image(s), RGB in [0, 1]
+           ir   float32 [N, H/s, W/s, 1]
+  output   fused  float32 [N, H, W, 3]        RGB: the fused luminance with the visible chroma
+
 N, H and W are free (any size whose H and W are multiples of s); a size mismatch fails with an
 InvalidArgumentError that says what the shapes must be. Loading it needs TensorFlow only, not
 ddcgan_tf:
@@ -35,11 +41,13 @@ import tempfile
 import tensorflow as tf
 
 from ddcgan_tf.errors import InputError
+from ddcgan_tf.images import LUMA_WEIGHTS
 
 CONFIG_NAME = "ddcgan_config"
 CONFIG_FILE = os.path.join("assets.extra", CONFIG_NAME + ".json")
 OUTPUT_KEY = "fused"
 SIGNATURES = ("serve", "serving_default")
+COLOUR_SIGNATURE = "serve_colour"
 FORMAT = "ddcgan_tf.saved_model/1"
 
 
@@ -49,7 +57,10 @@ def generator_config(generator):
             "bn_mode": str(generator.bn_mode), "stretch": bool(generator.stretch), "format": FORMAT,
             "signature": {"inputs": {"vis": "float32 [N, H, W, 1] in [0, 1]",
                                      "ir": f"float32 [N, H/{int(generator.scale)}, W/{int(generator.scale)}, 1] in [0, 1]"},
-                          "outputs": {OUTPUT_KEY: "float32 [N, H, W, 1] in [0, 1]"}}}
+                          "outputs": {OUTPUT_KEY: "float32 [N, H, W, 1] in [0, 1]"}},
+            COLOUR_SIGNATURE: {"inputs": {"vis_rgb": "float32 [N, H, W, 3] in [0, 1]",
+                                          "ir": f"float32 [N, H/{int(generator.scale)}, W/{int(generator.scale)}, 1] in [0, 1]"},
+                               "outputs": {OUTPUT_KEY: "float32 [N, H, W, 3] in [0, 1]"}}}
 
 
 def serving_function(generator):
@@ -88,6 +99,28 @@ def serving_function(generator):
     return serve
 
 
+def colour_serving_function(serve):
+    """fn(vis_rgb, ir) -> {"fused": RGB}: `serve` (the grey function above) applied to the BT.601
+    luminance, the visible chroma put back as ddcgan_tf.ycbcr.keep_chroma does (in TF ops)."""
+    luma = tf.constant(LUMA_WEIGHTS, tf.float32)
+
+    def serve_colour(vis_rgb, ir):
+        y = tf.reduce_sum(vis_rgb * luma, axis=-1, keepdims=True)
+        fused = serve(y, ir)[OUTPUT_KEY]
+        return {OUTPUT_KEY: _to_gamut(fused, vis_rgb - y)}
+
+    return serve_colour
+
+
+def _to_gamut(mean, colour):
+    """ihs.to_gamut in TF ops: mean + t * colour with the largest t <= 1 keeping [0, 1]."""
+    m = tf.clip_by_value(mean, 0.0, 1.0)
+    safe = tf.where(colour == 0, tf.ones_like(colour), colour)
+    room = tf.where(colour > 0, (1.0 - m) / safe, tf.where(colour < 0, m / -safe, float("inf")))
+    t = tf.clip_by_value(tf.reduce_min(room, axis=-1, keepdims=True), 0.0, 1.0)
+    return tf.clip_by_value(m + t * colour, 0.0, 1.0)
+
+
 def export_saved_model(generator, output_dir, overwrite=False):
     """Writes `generator` as a SavedModel directory at `output_dir` (see the module docstring).
 
@@ -118,8 +151,11 @@ def export_saved_model(generator, output_dir, overwrite=False):
 
     archive = keras.export.ExportArchive()
     archive.track(generator)
-    archive.add_endpoint(name="serve", fn=serving_function(generator),
-                         input_signature=[spec("vis"), spec("ir")])
+    serve = serving_function(generator)
+    archive.add_endpoint(name="serve", fn=serve, input_signature=[spec("vis"), spec("ir")])
+    archive.add_endpoint(name=COLOUR_SIGNATURE, fn=colour_serving_function(serve),
+                         input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32, name="vis_rgb"),
+                                          spec("ir")])
     archive.add_variable_collection(
         CONFIG_NAME, [tf.Variable(json.dumps(config), trainable=False, name=CONFIG_NAME)])
 

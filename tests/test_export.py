@@ -189,3 +189,25 @@ def test_stretch_is_baked_in_per_image(generator_file, tmp_path):
         assert got[b].min() == 0 and abs(got[b].max() - 1) < 1e-6
         diff = images.to_uint8(got[b, ..., 0]).astype(int) - fuser.to_uint8(fused)  # float32 vs float64
         assert np.abs(diff).max() <= 1 and np.mean(diff != 0) < 0.01
+
+
+def test_colour_signature_keeps_the_visible_chroma(generator_file, tmp_path):
+    import tensorflow as tf
+    from ddcgan_tf import images, ycbcr
+    from test_ycbcr import colour_scene
+
+    g = load_generator(generator_file, stretch=True)
+    out_dir = str(tmp_path / "colour")
+    config = export_saved_model(g, out_dir)
+    assert config["serve_colour"]["outputs"]["fused"].startswith("float32 [N, H, W, 3]")
+    scenes = [colour_scene(40, 28, seed) for seed in (0, 1)]
+    rgb = np.stack([s[0] for s in scenes]).astype(np.float32)
+    ir = np.stack([s[1][::4, ::4, None] for s in scenes]).astype(np.float32)
+    got = tf.saved_model.load(out_dir).signatures["serve_colour"](
+        vis_rgb=tf.constant(rgb), ir=tf.constant(ir))["fused"].numpy()
+    assert got.shape == (2, 40, 28, 3)
+    fuser = Fuser(g)
+    for b in range(2):  # what ddcgan-fuse --colour writes, before its rounding to 8 bits
+        fused = fuser(ycbcr.luminance(rgb[b]), ir[b, ..., 0])
+        expected = ycbcr.keep_chroma(images.stretch_range(fused), rgb[b])
+        np.testing.assert_allclose(got[b], expected, atol=2e-4)
