@@ -48,6 +48,13 @@ class Fuser:
         generator's option)."""
         return images.to_uint8(fused, stretch=self.stretch if stretch is None else stretch)
 
+    def to_colour(self, fused, rgb, stretch=None):
+        """RGB float image for `fused`, the fused luminance of the colour visible image `rgb`:
+        stretched first if `stretch` (default the generator's option), then given the visible
+        chroma (ddcgan_tf.ycbcr.keep_chroma); what `ddcgan-fuse --colour` writes."""
+        stretch = self.stretch if stretch is None else stretch
+        return ycbcr.keep_chroma(images.stretch_range(fused) if stretch else fused, rgb)
+
 
 def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=None, tile=None, colour=False):
     """Reads a pair, fuses it (in overlapping tiles of side `tile` if given; see tiling.py) and
@@ -66,12 +73,10 @@ def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=None, til
         fused = fuse_tiled(fuser, vis, ir, tile=tile)
     else:
         fused = fuser(vis, ir)
-    stretch = fuser.stretch if stretch is None else stretch
     if rgb is None:
-        images.write_image(output, fused, stretch=stretch)
+        images.write_image(output, fused, stretch=fuser.stretch if stretch is None else stretch)
     else:  # --resize crops the visible image at the bottom/right: crop its colour the same way
-        luma = images.stretch_range(fused) if stretch else fused
-        images.write_image(output, ycbcr.keep_chroma(luma, rgb[:vis.shape[0], :vis.shape[1]]))
+        images.write_image(output, fuser.to_colour(fused, rgb[:vis.shape[0], :vis.shape[1]], stretch))
     return fused
 
 
