@@ -1,6 +1,8 @@
-"""Recompute a generator's BN moving statistics at its final weights ("precise BN").
+"""Recompute a generator's BN moving statistics at its final weights ("precise BN"), optionally
+after averaging the weights of several checkpoints of one run (as in stochastic weight averaging).
 
-  python benchmarks/precise_bn.py CHECKPOINT PATCHES.h5 OUT_generator.h5 [--batches 100] [--seed 0]
+  python benchmarks/precise_bn.py PATCHES.h5 OUT_generator.h5 CHECKPOINT [CHECKPOINT ...] \
+      [--batches 100] [--seed 0]
 
 During training the moving averages (momentum 0.99) mix statistics of about the last hundred
 batches' weights. Here every BN layer's moving mean and variance become the plain average of its
@@ -51,16 +53,24 @@ def recalibrate(generator, batches, log=print):
     return n
 
 
+def average_weights(generators):
+    """Sets the first generator's variables to the mean over all of them; returns it."""
+    first = generators[0]
+    for k, variable in enumerate(first.weights):
+        variable.assign(np.mean([g.weights[k].numpy() for g in generators], axis=0))
+    return first
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("checkpoint")
     ap.add_argument("patches")
     ap.add_argument("output")
+    ap.add_argument("checkpoints", nargs="+", help="several: their weights are averaged first")
     ap.add_argument("--batches", type=int, default=100)
     ap.add_argument("--batch_size", type=int, default=24)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    generator = checkpoint.load_generator(args.checkpoint, bn_mode="moving")
+    generator = average_weights([checkpoint.load_generator(c, bn_mode="moving") for c in args.checkpoints])
     before = [(layer.moving_mean.numpy(), layer.moving_variance.numpy()) for layer in bn_layers(generator)]
     ds, _ = data.make_dataset(args.patches, batch_size=args.batch_size, seed=args.seed)
     recalibrate(generator, ds.take(args.batches))

@@ -40,3 +40,13 @@ def test_recalibrated_statistics_are_the_batch_statistics_at_the_final_weights()
     for s, sa, sb in zip(moving_statistics(g), stats_a, stats_b):
         np.testing.assert_allclose(s, (sa + sb) / 2, rtol=1e-5, atol=1e-6)
     assert all(layer.momentum == 0.99 for layer in precise_bn.bn_layers(g))
+
+
+def test_average_weights_is_the_mean_of_every_variable():
+    gens = [Generator() for _ in range(3)]
+    for k, g in enumerate(gens):
+        g.build()
+        g.set_weights([np.full(w.shape, float(k)) for w in g.get_weights()])
+    avg = precise_bn.average_weights(gens)
+    assert avg is gens[0]
+    assert all(np.all(w == 1.0) for w in avg.get_weights())
