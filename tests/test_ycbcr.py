@@ -101,7 +101,11 @@ def test_colour_flag_from_the_command_line(tmp_path, generator_file):
     r = cli("ddcgan_tf.cli.fuse", f"--vis={vis_path}", f"--ir={ir_path}", f"--output={out}",
             f"--checkpoint={generator_file}", "--colour")
     assert r.returncode == 0, r.stderr
-    assert iio.imread(out).shape == (64, 96, 3)
+    assert iio.imread(out).shape == (64, 96, 3) and "note:" not in r.stdout
+    r = cli("ddcgan_tf.cli.fuse", f"--vis={vis_path}", f"--ir={ir_path}", f"--output={out}",
+            f"--checkpoint={generator_file}")
+    assert r.returncode == 0, r.stderr
+    assert iio.imread(out).shape == (64, 96) and "--colour keeps its colour" in r.stdout
     r = cli("ddcgan_tf.cli.fuse", "--mode=pet-mri", f"--mri={vis_path}", f"--pet={ir_path}",
             f"--output={tmp_path / 'p.png'}", f"--checkpoint={generator_file}", "--colour")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0

@@ -37,6 +37,7 @@ flags.DEFINE_boolean("demo", False, "Fuse a built-in synthetic scene with the sh
 
 def main(argv):
     del argv
+    from ddcgan_tf import images
     from ddcgan_tf.checkpoint import load_generator
     from ddcgan_tf.fuse import Fuser, fuse_dirs, fuse_files
     from ddcgan_tf.shipped import default_checkpoint
@@ -68,6 +69,8 @@ def main(argv):
         fuse_files(fuser, FLAGS.vis, FLAGS.ir, FLAGS.output, resize=FLAGS.resize, tile=FLAGS.tile,
                    colour=FLAGS.colour)
         print(f"wrote {FLAGS.output}")
+        if not FLAGS.colour and images.is_colour(FLAGS.vis):
+            print(f"note: {FLAGS.vis} is a colour image and was fused as grey; --colour keeps its colour")
         return
     written, failed = fuse_dirs(fuser, FLAGS.vis_dir, FLAGS.ir_dir, FLAGS.output_dir,
                                 resize=FLAGS.resize, tile=FLAGS.tile, colour=FLAGS.colour)
