@@ -17,9 +17,9 @@
 # from), official preset, I_max 20 (the shipped run's), a checkpoint every 1000 batches; staged
 # 2026-11-27 for the third lease, after the second lease's rep2 / rep2_cw05 / rep20:
 #   rep20b      the shipped recipe with another data order (seed 311): is its 9 of 13 luck?
-#   rep20_eta24 eta (grad_weight) 2.4 for 1.2: longer training raised EN and SD towards the bar
-#               but lowered SF and AG (WORKSPACE, "The second GPU lease"); a heavier gradient
-#               term should hold the detail while contrast grows
+#   rep20c      the same with a third data order (seed 314): the rule picks among more
+#               checkpoints of the best recipe so far. (eta 2.4 was staged first; a CPU probe
+#               lowered SF, AG and PSNR_lr with it, WORKSPACE "Staged for the next GPU lease")
 #   rep20_cw05  the paper's lambda 0.5 for the official 0.8 (more adversarial weight, for SCD)
 # On one H200 three side by side took 0.08 s per batch each on the first lease, 0.10 on the second.
 set -u
@@ -37,7 +37,7 @@ print(s['patches'], 'patches from', s['pairs'], 'pairs; skipped', [k['name'] for
 " || exit 1
 T="python3 benchmarks/jax_train.py --data $W/tno.h5 --init .gpu/init.h5 --steps 10000000 --max_seconds $SECS --log_every 100 --checkpoint_every 1000 --preset official"
 $T --model_dir $W/rep20b --max_repeats 20 --seed 311 $X > $W/rep20b.log 2>&1 &
-$T --model_dir $W/rep20_eta24 --max_repeats 20 --grad_weight 2.4 --seed 312 $X > $W/rep20_eta24.log 2>&1 &
+$T --model_dir $W/rep20c --max_repeats 20 --seed 314 $X > $W/rep20c.log 2>&1 &
 $T --model_dir $W/rep20_cw05 --max_repeats 20 --content_weight 0.5 --seed 313 $X > $W/rep20_cw05.log 2>&1 &
 wait
 tail -n 2 $W/*.log
