@@ -53,14 +53,14 @@ FORMAT = "ddcgan_tf.saved_model/1"
 
 def generator_config(generator):
     """The config stored with an export: what rebuilds the network and how it normalises."""
-    return {"scale": int(generator.scale), "official_decoder": bool(generator.official_decoder),
+    s = int(generator.scale)
+    image = lambda shape: f"float32 [{shape}] in [0, 1]"
+    return {"scale": s, "official_decoder": bool(generator.official_decoder),
             "bn_mode": str(generator.bn_mode), "stretch": bool(generator.stretch), "format": FORMAT,
-            "signature": {"inputs": {"vis": "float32 [N, H, W, 1] in [0, 1]",
-                                     "ir": f"float32 [N, H/{int(generator.scale)}, W/{int(generator.scale)}, 1] in [0, 1]"},
-                          "outputs": {OUTPUT_KEY: "float32 [N, H, W, 1] in [0, 1]"}},
-            COLOUR_SIGNATURE: {"inputs": {"vis_rgb": "float32 [N, H, W, 3] in [0, 1]",
-                                          "ir": f"float32 [N, H/{int(generator.scale)}, W/{int(generator.scale)}, 1] in [0, 1]"},
-                               "outputs": {OUTPUT_KEY: "float32 [N, H, W, 3] in [0, 1]"}}}
+            "signature": {"inputs": {"vis": image("N, H, W, 1"), "ir": image(f"N, H/{s}, W/{s}, 1")},
+                          "outputs": {OUTPUT_KEY: image("N, H, W, 1")}},
+            COLOUR_SIGNATURE: {"inputs": {"vis_rgb": image("N, H, W, 3"), "ir": image(f"N, H/{s}, W/{s}, 1")},
+                               "outputs": {OUTPUT_KEY: image("N, H, W, 3")}}}
 
 
 def serving_function(generator):

@@ -64,7 +64,7 @@ def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=None, til
     usual. Returns the fused float image (grey, unstretched)."""
     vis_path, ir_path = os.fspath(vis_path), os.fspath(ir_path)
     rgb = images.read_rgb(vis_path) if colour else None
-    if rgb is not None and ycbcr.is_grey(rgb):
+    if rgb is not None and images.is_grey(rgb):
         rgb = None
     vis = ycbcr.luminance(rgb) if rgb is not None else images.read_grey(vis_path)
     vis, ir = fuser.prepare(vis, images.read_grey(ir_path), resize, vis_path, ir_path)

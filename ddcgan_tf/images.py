@@ -155,12 +155,17 @@ def read_rgb(path):
     return f[..., :3]
 
 
+def is_grey(array):
+    """True for a grey image array: one or two channels, or R, G and B all equal."""
+    a = np.asarray(array)
+    if a.ndim == 2 or a.shape[-1] < 3:
+        return True
+    return bool(np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2]))
+
+
 def is_colour(path):
     """True when the file holds 3+ channels that are not all equal."""
-    a = read_raw(path)
-    if a.ndim == 2 or a.shape[-1] < 3:
-        return False
-    return not (np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 1], a[..., 2]))
+    return not is_grey(read_raw(path))
 
 
 def stretch_range(image):

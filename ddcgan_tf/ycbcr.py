@@ -41,12 +41,6 @@ def luminance(rgb):
     return (np.asarray(rgb, np.float64) @ LUMA_WEIGHTS).astype(np.float32)
 
 
-def is_grey(rgb):
-    """True when the three channels are equal (a grey image stored as RGB)."""
-    rgb = np.asarray(rgb)
-    return bool(np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2]))
-
-
 def keep_chroma(fused, rgb):
     """Fused luminance (H x W, [0, 1]) + the visible image's colour (H x W x 3) -> H x W x 3 RGB
     in [0, 1] with Y = fused (clipped to [0, 1]) and the visible Cb, Cr, desaturated only where
