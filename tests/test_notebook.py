@@ -1,5 +1,6 @@
 """notebooks/explore.ipynb runs top to bottom (so it never rots)."""
 import os
+import re
 
 import pytest
 
@@ -18,3 +19,7 @@ def test_explore_notebook_executes():
     client.execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "fused" in text and "weights:" in text
+    # the colour cell: its fused luminance is the grey fused image (up to the 8-bit rounding
+    # and the tinted input's clipping), i.e. colour does not change what is fused
+    diff = float(re.search(r"largest difference: ([0-9.e-]+)", text).group(1))
+    assert diff < 0.02, diff
