@@ -3,7 +3,7 @@ import os
 import re
 import sys
 
-from absl import app
+from absl import app, flags
 
 from ddcgan_tf.errors import InputError
 
@@ -67,4 +67,21 @@ def run_main(main, prog, needs_tensorflow=True):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if needs_tensorflow:
         import_tensorflow_quietly()
+    describe_main_module(main.__module__)
     app.run(guarded)
+
+
+def describe_main_module(module_name):
+    """Makes absl's `--help` describe the CLI module `module_name`: its docstring and its flags.
+
+    absl prints `__main__`'s docstring and the flags defined in the file named by sys.argv[0];
+    a console script's `__main__` is pip's wrapper, which has neither, so `ddcgan-fuse --help`
+    printed a bare usage line and every flag was behind `--helpfull`, among TensorFlow's own.
+    """
+    main_module, module = sys.modules["__main__"], sys.modules[module_name]
+    if main_module is module:  # python -m ddcgan_tf.cli.fuse: absl finds both itself
+        return
+    for flag in flags.FLAGS.get_key_flags_for_module(module_name):
+        flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+    if not main_module.__doc__ and module.__doc__:
+        main_module.__doc__ = module.__doc__.replace("%", "%%")  # absl %-formats it with argv[0]
