@@ -5,9 +5,9 @@ import os
 import h5py
 import numpy as np
 
-from ddcgan_tf import config, images, metrics, shipped
+from ddcgan_tf import config, images, metrics, shipped, ycbcr
 from ddcgan_tf.checkpoint import load_generator
-from ddcgan_tf.fuse import Fuser, fit_sizes
+from ddcgan_tf.fuse import Fuser, fit_sizes, fuse_files
 from ddcgan_tf.patches import build_patch_set
 
 from conftest import shared_path
@@ -54,3 +54,27 @@ def test_validation_splits_follow_their_rules():
                      if images.read_grey(vis_files[n]).shape == images.read_grey(ir_files[n]).shape)
     assert len(matched) == 32
     assert tuple(matched[3::4]) == config.TNO_HELD_OUT_8
+
+
+def test_colour_keeps_a_real_colour_visible_image_its_hue(tmp_path):
+    """Farm (held out of training) is one of TNO's three colour visible images (with Bosnia
+    and barbed_wire_1): `--colour` fuses its luminance and keeps its hue."""
+    tno = shared_path("tno")
+    vis_path, ir_path = os.path.join(tno, "vis", "Farm.jpg"), os.path.join(tno, "ir", "Farm.jpg")
+    assert images.is_colour(vis_path)
+    fuser = Fuser(load_generator(shipped.default_checkpoint("vis-ir")))
+    grey_out, colour_out = str(tmp_path / "grey.png"), str(tmp_path / "colour.png")
+    fuse_files(fuser, vis_path, ir_path, grey_out, resize=True)
+    fuse_files(fuser, vis_path, ir_path, colour_out, resize=True, colour=True)
+    written = images.read_rgb(colour_out)
+    h, w = written.shape[:2]
+    # the luminance is the grey output, 8-bit rounding of each channel aside
+    assert np.abs(ycbcr.luminance(written) - images.read_grey(grey_out)).max() <= 1.01 / 255
+    _, cb0, cr0 = ycbcr.rgb_to_ycbcr(images.read_rgb(vis_path)[:h, :w])
+    _, cb, cr = ycbcr.rgb_to_ycbcr(written)
+    c0, c = (cb0 - 0.5) + 1j * (cr0 - 0.5), (cb - 0.5) + 1j * (cr - 0.5)
+    coloured = np.abs(c0) > 0.05  # clearly coloured pixels (grass, roofs, brick)
+    assert coloured.mean() > 0.2
+    hue_shift = np.abs(np.angle(c / c0))[coloured & (np.abs(c) > 0.02)]
+    assert np.median(hue_shift) < 0.1 and np.mean(hue_shift < 0.35) > 0.95  # radians
+    assert np.percentile(np.abs(c[coloured]) / np.abs(c0[coloured]), 99) < 1.1  # desaturated at most
