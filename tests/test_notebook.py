@@ -19,7 +19,7 @@ def test_explore_notebook_executes():
     client.execute()
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "fused" in text and "weights:" in text
-    # the colour cell: its fused luminance is the grey fused image (up to the 8-bit rounding
-    # and the tinted input's clipping), i.e. colour does not change what is fused
+    # the colour cell: its output's luminance is the grey image ddcgan-fuse would write (as
+    # floats against 8 bits: half a grey level), i.e. colour does not change what is fused
     diff = float(re.search(r"largest difference: ([0-9.e-]+)", text).group(1))
-    assert diff < 0.02, diff
+    assert diff <= 0.51 / 255, diff
