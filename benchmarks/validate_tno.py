@@ -138,6 +138,16 @@ def table(results, official=True):
     return "\n".join(lines)
 
 
+def scene_table(result):
+    """Markdown table of one method's scores per scene over the bar's keys, then its mean, with
+    how many of the bar's numbers each row beats: which scenes carry a shortfall."""
+    keys = list(OFFICIAL)
+    rows = list(result["per_image"].items()) + [("mean", result["mean"])]
+    lines = ["| scene | " + " | ".join(keys) + " | beats |", "|---|" + "---:|" * (len(keys) + 1)]
+    lines += [f"| {name} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + f" | {len(wins(r))} |" for name, r in rows]
+    return "\n".join(lines)
+
+
 def make_pool(workers):
     """A process pool for scoring (spawned: a forked JAX or TensorFlow process can deadlock), or
     a context that gives None (score in this process) for workers <= 1."""
@@ -162,6 +172,7 @@ def main():
     ap.add_argument("--backend", choices=("tf", "jax"), default="tf",
                     help="jax: fuse with the JAX transcription (benchmarks/jax_train.py), no TensorFlow")
     ap.add_argument("--workers", type=int, default=1, help="processes to score in")
+    ap.add_argument("--per_scene", action="store_true", help="also print every method's scores per scene")
     args = ap.parse_args()
     modes = tuple(m for m in args.modes.split(",") if m)
     if modes and not args.checkpoint:
@@ -171,6 +182,9 @@ def main():
         results = validate(args.checkpoint, names, args.vis_dir, args.ir_dir, modes=modes,
                            stretch=args.stretch, backend=args.backend, pool=pool)
     print(table(results))
+    if args.per_scene:
+        for method, result in results.items():
+            print(f"\n{method}, per scene\n\n{scene_table(result)}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
