@@ -125,27 +125,29 @@ def margin(mean):
     return min(mean[k] / v for k, v in OFFICIAL.items())
 
 
+def _markdown(first, extra, rows):
+    """Markdown table: column `first`, the bar's keys, the `extra` columns; rows of (label,
+    scores over the bar's keys, extra cells)."""
+    keys = list(OFFICIAL)
+    lines = [f"| {first} | " + " | ".join(keys + list(extra)) + " |", "|---|" + "---:|" * (len(keys) + len(extra))]
+    lines += [f"| {label} | " + " | ".join([f"{scores[k]:.4g}" for k in keys] + list(cells)) + " |"
+              for label, scores, cells in rows]
+    return "\n".join(lines)
+
+
 def table(results, official=True):
     """Markdown table of the mean scores over the official bar's keys (the bar first if official),
     with how many of them each method beats and its smallest score / bar ratio."""
-    keys = list(OFFICIAL)
-    lines = ["| method | " + " | ".join(keys) + " | beats | min ratio |", "|---|" + "---:|" * (len(keys) + 2)]
-    if official:
-        lines.append("| official DDcGAN (20 pairs) | " + " | ".join(f"{OFFICIAL[k]:.4g}" for k in keys) + " | | |")
-    for method, r in results.items():
-        lines.append(f"| {method} | " + " | ".join(f"{r['mean'][k]:.4g}" for k in keys)
-                     + f" | {len(wins(r['mean']))} | {margin(r['mean']):.3f} |")
-    return "\n".join(lines)
+    rows = [("official DDcGAN (20 pairs)", OFFICIAL, ("", ""))] if official else []
+    rows += [(method, r["mean"], (str(len(wins(r["mean"]))), f"{margin(r['mean']):.3f}")) for method, r in results.items()]
+    return _markdown("method", ("beats", "min ratio"), rows)
 
 
 def scene_table(result):
     """Markdown table of one method's scores per scene over the bar's keys, then its mean, with
     how many of the bar's numbers each row beats: which scenes carry a shortfall."""
-    keys = list(OFFICIAL)
     rows = list(result["per_image"].items()) + [("mean", result["mean"])]
-    lines = ["| scene | " + " | ".join(keys) + " | beats |", "|---|" + "---:|" * (len(keys) + 1)]
-    lines += [f"| {name} | " + " | ".join(f"{r[k]:.4g}" for k in keys) + f" | {len(wins(r))} |" for name, r in rows]
-    return "\n".join(lines)
+    return _markdown("scene", ("beats",), [(name, r, (str(len(wins(r))),)) for name, r in rows])
 
 
 def make_pool(workers):

@@ -141,8 +141,14 @@ def read_grey(path):
         if f.shape[-1] in (1, 2):
             f = f[..., 0]
         else:
-            f = (f[..., :3] @ LUMA_WEIGHTS).astype(np.float32)
+            f = luminance(f[..., :3])
     return f
+
+
+def luminance(rgb):
+    """BT.601 luma Y of (..., 3) RGB in [0, 1] as float32: what `read_grey` gives for a colour
+    file, and the grey image the generator fuses."""
+    return (np.asarray(rgb, np.float64) @ LUMA_WEIGHTS).astype(np.float32)
 
 
 def read_rgb(path):

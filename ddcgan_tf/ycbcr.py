@@ -14,7 +14,7 @@ written image's luminance is F wherever F is in [0, 1] (`ihs.to_gamut`, as for P
 """
 import numpy as np
 
-from ddcgan_tf.images import LUMA_WEIGHTS
+from ddcgan_tf.images import LUMA_WEIGHTS, luminance  # noqa: F401 (luminance: part of this module's API)
 from ddcgan_tf.ihs import to_gamut
 
 _KR, _KB = LUMA_WEIGHTS[0], LUMA_WEIGHTS[2]
@@ -34,11 +34,6 @@ def rgb_to_ycbcr(rgb):
 def ycbcr_to_rgb(y, cb, cr):
     """Exact inverse of rgb_to_ycbcr -> (..., 3) (not clipped)."""
     return np.stack([y, np.asarray(cb) - 0.5, np.asarray(cr) - 0.5], axis=-1) @ _INVERSE.T
-
-
-def luminance(rgb):
-    """Y of (..., 3) RGB as float32: the grey image the generator fuses."""
-    return (np.asarray(rgb, np.float64) @ LUMA_WEIGHTS).astype(np.float32)
 
 
 def keep_chroma(fused, rgb):
