@@ -13,8 +13,10 @@ counter and optimizer slot as the TF step does. `Fuser` is the inference call, s
 are scored where they are made (validate_tno.py --backend jax, gpu_job/choose.py);
 tests/test_gpu_job.py checks it against ddcgan_tf.fuse.Fuser.
 
-Differences from `ddcgan-train`, by design: the batches are a fresh permutation of the patch
-set per epoch (numpy, seeded), not tf.data's block shuffle; the whole schedule of a batch is one
+The batches are `ddcgan-train`'s (`ddcgan_tf.data.batch_stream`: the official per-epoch
+reshuffle, batch k a function of the data seed alone), so a run moved between this script and
+`ddcgan-train` in either direction goes on with the batches it would have had; the seed is
+recorded in config.json and kept on resume. Differences, by design: the whole schedule of a batch is one
 jitted function with `lax.while_loop` repeats (as `train_step` is one tf.function), and the host
 fetches the step logs every `--log_every` batches. Float32 throughout; XLA on the GPU uses
 TF32 convolutions by default, as TensorFlow does on the same GPU.
@@ -37,6 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ddcgan_tf import config as C  # noqa: E402  (TensorFlow-free modules only)
 from ddcgan_tf import official  # noqa: E402
 from ddcgan_tf.checkpoint import latest_checkpoint, read_configs, resolve  # noqa: E402
+from ddcgan_tf.data import batch_stream, check_seed  # noqa: E402
 from ddcgan_tf.errors import InputError  # noqa: E402
 from ddcgan_tf.images import atomic_write  # noqa: E402
 
@@ -470,14 +473,23 @@ def train(args):
     new_attrs = {"model_config": attrs["model_config"], "train_config": cfg.to_json(),
                  "steps_per_epoch": spe}
     config_path = os.path.join(args.model_dir, "config.json")
-    if not os.path.exists(config_path):
+    record = {}
+    if os.path.exists(config_path):  # this run's, or the ddcgan-train run it goes on with
+        with open(config_path) as f:
+            record = json.load(f)
+    # the data seed: given, else the run's recorded one, else 0 (this script's old default)
+    seed = check_seed(args.seed if args.seed is not None else record.get("seed", 0))
+    if not record:
+        record = {"batch_size": args.batch_size, "data": os.path.abspath(args.data),
+                  "init_from": None, "started_from": os.path.abspath(args.init),
+                  "mixed_precision": "float32", "model": model_config, "patches": n,
+                  "replicas": 1, "steps_per_epoch": spe, "strategy": "jax",
+                  "trainer": "benchmarks/jax_train.py", "device": f"{jax.devices()[0]} ({jax.devices()[0].device_kind})",
+                  "train": cfg.to_dict()}
+    if record.get("seed") != seed or not os.path.exists(config_path):
+        record["seed"] = seed
         with open(config_path, "w") as f:
-            json.dump({"batch_size": args.batch_size, "data": os.path.abspath(args.data),
-                       "init_from": None, "started_from": os.path.abspath(args.init),
-                       "mixed_precision": "float32", "model": model_config, "patches": n,
-                       "replicas": 1, "steps_per_epoch": spe, "strategy": "jax",
-                       "trainer": "benchmarks/jax_train.py", "device": f"{jax.devices()[0]} ({jax.devices()[0].device_kind})",
-                       "train": cfg.to_dict()}, f, indent=2, sort_keys=True)
+            json.dump(record, f, indent=2, sort_keys=True)
     trainer = Trainer(cfg, spe, official_decoder=model_config.get("official_decoder", True))
     vis_dev, ir_dev, scale_v = jnp.asarray(vis_all), jnp.asarray(ir_all), jnp.float32(vmax)
 
@@ -485,19 +497,15 @@ def train(args):
     def take(vis_dev, ir_dev, idx):
         return vis_dev[idx].astype(jnp.float32) / scale_v, ir_dev[idx]
 
-    rng = np.random.default_rng(args.seed)
     log_path = os.path.join(args.model_dir, "steps.jsonl")
     t0 = time.time()
     deadline = t0 + args.max_seconds if args.max_seconds else None
     first, pending, t_prev = step, [], t0
-    perm, pos = rng.permutation(n), 0
+    batches = batch_stream(n, args.batch_size, seed, start=step)
     print(f"{n} patches, {spe} batches per epoch; from {resume or args.init} at batch {step}; "
           f"{jax.devices()[0]}; {cfg.to_json()}", flush=True)
     while step < args.steps:
-        if pos + args.batch_size > n:  # a new epoch: a new permutation, incomplete batch dropped
-            perm, pos = rng.permutation(n), 0
-        vis, ir = take(vis_dev, ir_dev, jnp.asarray(perm[pos:pos + args.batch_size]))
-        pos += args.batch_size
+        vis, ir = take(vis_dev, ir_dev, jnp.asarray(next(batches)))
         state, out = trainer.step(state, vis, ir)
         step += 1
         pending.append((step, out))
@@ -545,7 +553,8 @@ def main(argv=None):
     ap.add_argument("--batch_size", type=int, default=C.BATCH_SIZE)
     ap.add_argument("--checkpoint_every", type=int, default=500)
     ap.add_argument("--log_every", type=int, default=100)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, help="data seed (default: the run's recorded one, else 0); "
+                                            "--write_init: the initial weights' seed (default 0)")
     ap.add_argument("--reset_counters", action="store_true",
                     help="start the batch and LR counters at 0 (a new run from --init's weights)")
     ap.add_argument("--preset", choices=C.PRESETS)
@@ -558,7 +567,8 @@ def main(argv=None):
     ap.add_argument("--write_init", metavar="PATH", help="write a fresh TF state (needs TensorFlow) and exit")
     args = ap.parse_args(argv)
     if args.write_init:
-        return write_init(args.write_init, args.seed, args.preset or "official", args.patch_size)
+        seed = 0 if args.seed is None else args.seed
+        return write_init(args.write_init, seed, args.preset or "official", args.patch_size)
     if not (args.data and args.init and args.model_dir):
         ap.error("--data, --init and --model_dir are required")
     return train(args)

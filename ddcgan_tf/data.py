@@ -11,12 +11,21 @@ in their 8-bit storage type). tf.data's threads then only slice numpy arrays: an
 there needs h5py's global lock, and a thread that drops an iterator waits for its in-flight
 reads and its finalizer. When that thread held the lock (an old iterator garbage-collected
 during a checkpoint write), training deadlocked (CI, 2026-11; tests/test_patches.py).
+
+The order of the batches is the official one, and a function of the run's data seed alone:
+every epoch is one permutation of the whole set taken in consecutive batches, the last
+incomplete batch dropped (official `train.py`: `np.random.shuffle(source_imgs)` at each epoch,
+then `source_imgs[batch * BATCH_SIZE:...]`). Epoch e's permutation is drawn from (seed, e), so
+batch k of a run is the same whether or not the run stopped and resumed before it
+(`batch_stream`, `make_dataset(start=k)`), and the JAX trainer (benchmarks/jax_train.py) feeds
+the same batches. TensorFlow is imported only by make_dataset, so that trainer can use this
+module without it.
 """
+import itertools
 import os
 
 import h5py
 import numpy as np
-import tensorflow as tf
 
 from ddcgan_tf import config as C
 from ddcgan_tf.errors import InputError
@@ -33,6 +42,7 @@ class PatchSet:
 
     def __init__(self, path, scale=C.SCALE):
         self.path = os.fspath(path)
+        self._arrays = None  # load()
         if not os.path.exists(self.path):
             raise InputError(self.path, "patch set not found")
         if not os.path.isfile(self.path):
@@ -111,72 +121,108 @@ class PatchSet:
         return self.size
 
     def load(self):
-        """The whole set as numpy arrays in the file's types ({"vis", "ir"} or {"data"}): the
-        `source` of read() and blocks() that needs no HDF5 call."""
-        keys = ("vis", "ir") if self.layout == "ddcgan_tf" else ("data",)
-        try:
-            with h5py.File(self.path, "r") as f:
-                return {k: f[k][()] for k in keys}
-        except OSError as e:
-            raise InputError(self.path, f"cannot read the patches ({_first_line(e)})") from None
+        """The whole set as numpy arrays in the file's types ({"vis", "ir"} or {"data"}), read
+        once and kept: the `source` of read() that needs no HDF5 call."""
+        if self._arrays is None:
+            keys = ("vis", "ir") if self.layout == "ddcgan_tf" else ("data",)
+            try:
+                with h5py.File(self.path, "r") as f:
+                    self._arrays = {k: f[k][()] for k in keys}
+            except OSError as e:
+                raise InputError(self.path, f"cannot read the patches ({_first_line(e)})") from None
+        return self._arrays
 
-    def read(self, source, start, stop):
-        """Patches [start, stop) of `source` (an open h5py.File, or load()'s arrays) as float32
-        (vis (n, P, P, 1), ir (n, P/s, P/s, 1)) in [0, 1]."""
+    def read(self, source, index):
+        """Patches `index` (a slice, or an array of indices when `source` is load()'s arrays) of
+        `source` (an open h5py.File, or load()'s arrays) as float32 (vis (n, P, P, 1),
+        ir (n, P/s, P/s, 1)) in [0, 1]."""
         if self.layout == "ddcgan_tf":
-            vis = source["vis"][start:stop].astype(np.float32) / self.vis_max
-            ir = source["ir"][start:stop].astype(np.float32) / self.ir_max
+            vis = source["vis"][index].astype(np.float32) / self.vis_max
+            ir = source["ir"][index].astype(np.float32) / self.ir_max
             return vis, ir
         d = source["data"]
-        block = d[..., start:stop].T if self.transposed else d[start:stop]
+        block = d[..., index].T if self.transposed else d[index]
         block = np.asarray(block, np.float32)
         vis = block[..., 0:1]
         ir = np.stack([downsample_ir(p, self.scale) for p in block[..., 1]])[..., None]
         return vis, ir
 
-    def blocks(self, source, block_size, rng=None):
-        """Yields (vis, ir) blocks of contiguous patches of `source`, in random block order if
-        rng is given."""
-        starts = np.arange(0, self.size, block_size)
-        if rng is not None:
-            rng.shuffle(starts)
-        for s in starts:
-            vis, ir = self.read(source, int(s), int(min(s + block_size, self.size)))
-            if rng is not None:
-                order = rng.permutation(len(vis))
-                vis, ir = vis[order], ir[order]
-            yield vis, ir
+    def take(self, index):
+        """Patches `index` from memory (load()), as read() gives them."""
+        return self.read(self.load(), index)
 
 
-def make_dataset(path, batch_size=C.BATCH_SIZE, scale=C.SCALE, shuffle=True, seed=None,
-                 block_size=256, shuffle_buffer=4096, repeat=True):
-    """tf.data of (vis, ir) batches from an HDF5 patch set, read into memory here (module doc).
-
-    Shuffling: random order of contiguous 256-patch blocks, a permutation inside each block, then
-    a `shuffle_buffer`-patch shuffle buffer across blocks. Incomplete last batches are dropped
-    (as the official code trims the set). Returns (dataset, patch_set).
-    """
+def batches_per_epoch(patches, batch_size):
+    """Whole batches of `batch_size` in the PatchSet `patches` (the rest is dropped each epoch)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise InputError("--batch_size", f"must be a positive integer, got {batch_size!r}")
-    patches = PatchSet(path, scale)
     if batch_size > len(patches):
-        raise InputError(path, f"holds {len(patches)} patches, fewer than one batch of {batch_size}")
+        raise InputError(patches.path, f"holds {len(patches)} patches, fewer than one batch of {batch_size}")
+    return len(patches) // int(batch_size)
+
+
+def check_seed(seed):
+    """A data seed: a non-negative integer (numpy's SeedSequence and Keras take those)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        raise InputError("--seed", f"must be an integer in [0, 2^32), got {seed!r}")
+    return int(seed)
+
+
+def new_seed():
+    """A fresh data seed, for a run started without one (recorded, so the run can resume)."""
+    return int(np.random.SeedSequence().entropy % 2 ** 31)
+
+
+def epoch_order(size, seed, epoch):
+    """The order of the `size` patches in epoch `epoch` (0-based) of a run with data seed `seed`:
+    one permutation drawn from (seed, epoch) alone (module doc)."""
+    return np.random.default_rng([check_seed(seed), int(epoch)]).permutation(size)
+
+
+def batch_stream(size, batch_size, seed, start=0, shuffle=True):
+    """Yields the patch indices of the run's batches start, start + 1, ... (0-based, counted over
+    the whole run) for ever: batch b is batch b % (size // batch_size) of epoch
+    b // (size // batch_size), taken in `epoch_order` (in stored order with shuffle=False)."""
+    per_epoch = size // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"{size} patches make no batch of {batch_size}")
+    epoch, order = None, None
+    for b in itertools.count(int(start)):
+        e, k = divmod(b, per_epoch)
+        if e != epoch:
+            epoch, order = e, epoch_order(size, seed, e) if shuffle else np.arange(size)
+        yield order[k * batch_size:(k + 1) * batch_size]
+
+
+def make_dataset(path, batch_size=C.BATCH_SIZE, scale=C.SCALE, shuffle=True, seed=None, start=0,
+                 repeat=True):
+    """tf.data of (vis, ir) batches from an HDF5 patch set (a path or a PatchSet), read into
+    memory here (module doc).
+
+    The batches are `batch_stream(len, batch_size, seed, start)`: the official per-epoch
+    shuffle, each batch a function of (seed, its number); every iterator begins with batch
+    `start` (a resumed run passes the batches it has done). seed None draws one (not
+    reproducible). repeat=False stops at the end of `start`'s epoch. Returns (dataset, patch_set).
+    """
+    import tensorflow as tf
+
+    start = int(start)
+    patches = path if isinstance(path, PatchSet) else PatchSet(path, scale)
+    per_epoch = batches_per_epoch(patches, batch_size)
+    seed = new_seed() if seed is None else check_seed(seed)
     p, q = patches.patch, patches.ir_patch
-    arrays = patches.load()
-    epoch = [0]
+    patches.load()
+    end = None if repeat else (start // per_epoch + 1) * per_epoch
 
     def generate():
-        rng = np.random.default_rng(None if seed is None else seed + epoch[0]) if shuffle else None
-        epoch[0] += 1
-        yield from patches.blocks(arrays, block_size, rng)
+        for b, index in enumerate(batch_stream(len(patches), batch_size, seed, start, shuffle), start):
+            if end is not None and b >= end:
+                return
+            yield patches.take(index)
 
     ds = tf.data.Dataset.from_generator(
-        generate, output_signature=(tf.TensorSpec((None, p, p, 1), tf.float32),
-                                    tf.TensorSpec((None, q, q, 1), tf.float32)))
-    ds = ds.unbatch()
-    if shuffle:
-        ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        ds = ds.repeat()
-    ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+        generate, output_signature=(tf.TensorSpec((batch_size, p, p, 1), tf.float32),
+                                    tf.TensorSpec((batch_size, q, q, 1), tf.float32)))
+    # unbatch + batch: the batch op that tf.distribute's rebatching splits over replicas
+    ds = ds.unbatch().batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return ds, patches

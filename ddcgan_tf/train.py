@@ -11,7 +11,7 @@ import tensorflow as tf
 from ddcgan_tf import callbacks as cb
 from ddcgan_tf import config as C
 from ddcgan_tf.checkpoint import CheckpointManager, latest_checkpoint, load_networks, warm_start_file
-from ddcgan_tf.data import make_dataset
+from ddcgan_tf.data import PatchSet, batch_stream, batches_per_epoch, check_seed, make_dataset, new_seed
 from ddcgan_tf.ddcgan import DDcGAN
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.images import check_output_dir, probe_writable, write_text
@@ -89,10 +89,14 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     mixed_precision: None, "mixed_bfloat16" or "mixed_float16" (with loss scaling): the Keras
     global dtype policy, set before the model is built. Variables, BN, losses and the fused
     image stay float32; the convolutions run in 16 bit. Meant for GPUs; works on the CPU.
-    nan_retries: after a non-finite loss, restore the last good checkpoint and go on with the
-    next batches of the data stream, up to this many times in this call (each one reported on
-    stderr); 0 stops at the first. For transient faults (the bfloat16 CPU kernels, WORKSPACE.md);
-    a real divergence recurs and still ends in TrainingDiverged.
+    nan_retries: after a non-finite loss, restore the last good checkpoint and train on from
+    there with the same batches, up to this many times in this call (each one reported on
+    stderr); 0 stops at the first. For transient faults (the bfloat16 CPU kernels, WORKSPACE.md),
+    which then leave the run as it would have been; a divergence that the batches cause recurs
+    and still ends in TrainingDiverged.
+    seed: the data seed (the batch order, `ddcgan_tf.data`) and Keras's (initial weights). None:
+    a resumed run keeps the seed recorded in config.json, a new run draws one and records it, so
+    every run resumes with the batches it would have had without stopping.
     init_from: a checkpoint, generator file, run directory or shipped directory (checkpoints/vis-ir,
     whose train_state.h5 is read) whose network weights start a *new* run (fine-tuning): the
     generator, and Dv/Di when the file holds them; optimizers, learning-rate schedule and batch
@@ -100,6 +104,9 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     run resumes); recorded in config.json.
     """
     model_dir = os.fspath(model_dir)
+    if strategy == "multiworker" and seed is None:  # each worker cuts the global batches itself
+        raise InputError("--seed", "is needed with --strategy multiworker: every worker must draw the "
+                                   "same batches (give all of them the same --seed)")
     # first: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op
     distribution = make_strategy(strategy)
     _check_count("--steps", steps, allow_none=True)
@@ -115,10 +122,9 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         raise InputError("--scale", f"must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
     check_output_dir(model_dir, create=True)
     probe_writable(model_dir)
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
-    dataset, patches = make_dataset(data, batch_size=batch_size, scale=scale, seed=seed)
-    steps_per_epoch = len(patches) // batch_size
+    seed = None if seed is None else check_seed(seed)
+    patches = PatchSet(data, scale)
+    steps_per_epoch = batches_per_epoch(patches, batch_size)
     log = print if verbose else (lambda *_: None)
     manager = CheckpointManager(model_dir, keep=keep, log=lambda msg: print(msg, file=sys.stderr))
     try:
@@ -128,6 +134,17 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     model_options = dict(scale=scale, patch_size=patches.patch, official_decoder=official_decoder,
                          bn_mode=bn_mode)
     latest, stored_model, stored_train = manager.latest_readable()
+    config_path = os.path.join(model_dir, "config.json")
+    stored_seed = _read_json(config_path).get("seed") if latest else None
+    try:
+        stored_seed = None if stored_seed is None else check_seed(stored_seed)
+    except InputError:  # a damaged record: the run goes on with a new seed
+        stored_seed = None
+    if seed is None:  # a resumed run keeps its data seed; a new one draws and records one
+        seed = new_seed() if stored_seed is None else stored_seed
+    elif stored_seed is not None and seed != stored_seed:
+        log(f"data seed {seed}: the batches from here on differ from the run's seed {stored_seed}")
+    keras.utils.set_random_seed(seed)
     if init_from is not None and not latest:
         init_from = warm_start_file(init_from)  # InputError for a missing file before any work
     if latest:
@@ -144,7 +161,6 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         model = build_model(train_config=cfg, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
                             **model_options)
     restored = manager.restore_latest(model)
-    config_path = os.path.join(model_dir, "config.json")
     if restored:
         if init_from is not None:
             log(f"--init_from ignored: {model_dir} holds a run, which resumes")
@@ -156,13 +172,13 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     done = int(model.batch_count.numpy())
     total = int(steps) if steps else epochs * steps_per_epoch
     log(f"{'resumed from ' + restored if restored else 'new run'}: {done} of {total} batches done; "
-        f"{len(patches)} patches, {steps_per_epoch} batches per epoch")
+        f"{len(patches)} patches, {steps_per_epoch} batches per epoch; data seed {seed}")
     chief = is_chief()
     if chief:  # only the chief writes (MultiWorkerMirroredStrategy)
         _write_json(config_path,
                     {"model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
                      "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch,
-                     "strategy": strategy, "replicas": distribution.num_replicas_in_sync,
+                     "seed": seed, "strategy": strategy, "replicas": distribution.num_replicas_in_sync,
                      "mixed_precision": mixed_precision or "float32", "init_from": init_from})
     step_log = os.path.join(model_dir, "steps.jsonl")
     if chief:  # a killed run may have logged past its checkpoint
@@ -177,11 +193,13 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     if tensorboard and chief:
         log_dir = os.path.join(model_dir, "logs")
         check_output_dir(log_dir, create=True)
-        vis, ir = next(iter(dataset.take(1)))
-        callbacks.append(cb.SampleImages(log_dir, vis[:3], ir[:3], sample_every))
+        vis, ir = patches.take(next(batch_stream(len(patches), batch_size, seed))[:3])  # batch 1's first 3
+        callbacks.append(cb.SampleImages(log_dir, vis, ir, sample_every))
     start, first = time.time(), done
     for attempt in range(nan_retries + 1):
         guard.bad, model.diverged = None, False
+        # the batches go on where the run stands: batch k is the same with or without a stop
+        dataset, _ = make_dataset(patches, batch_size=batch_size, scale=scale, seed=seed, start=done)
         model.fit(dataset, epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch,
                   steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
         if not guard.bad:
@@ -197,7 +215,7 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         done = int(model.batch_count.numpy())
         if chief:
             cb.trim_step_log(step_log, done, write_text)
-        print(f"warning: {problem}; retry {attempt + 1} of {nan_retries} from {good} with fresh batches",
+        print(f"warning: {problem}; retry {attempt + 1} of {nan_retries} from {good} on the same batches",
               file=sys.stderr)
     log(f"trained {int(model.batch_count.numpy()) - first} batches in {time.time() - start:.1f} s")
     return model

@@ -104,6 +104,18 @@ WORKER = textwrap.dedent("""
 """)
 
 
+def test_multiworker_needs_a_seed_every_worker_shares(small_patch_set, tmp_path):
+    """Each worker cuts the global batches from the data stream itself; with seeds of their own
+    they would train on batches that are not one epoch's partition."""
+    import pytest
+
+    from ddcgan_tf.errors import InputError
+    from ddcgan_tf.train import train
+
+    with pytest.raises(InputError, match="--seed: is needed with --strategy multiworker"):
+        train(small_patch_set, str(tmp_path / "run"), steps=1, batch_size=8, strategy="multiworker")
+
+
 def _free_ports(n):
     socks = [socket.socket() for _ in range(n)]
     for s in socks:

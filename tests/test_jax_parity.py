@@ -4,6 +4,7 @@ update every weight, BN statistic, optimizer slot and counter as DDcGAN.train_st
 Skipped where JAX is not installed (it is not a dependency of the package).
 """
 import importlib.util
+import json
 import os
 
 import numpy as np
@@ -12,6 +13,7 @@ import tensorflow as tf
 
 from ddcgan_tf import checkpoint
 from ddcgan_tf import config as C
+from ddcgan_tf.data import batch_stream
 from ddcgan_tf.ddcgan import DDcGAN
 
 jax = pytest.importorskip("jax")
@@ -106,14 +108,24 @@ def test_one_jax_batch_equals_the_tf_train_step(tmp_path, preset, schedule, expe
         assert float(out[k]) == pytest.approx(v, rel=3e-2, abs=1e-5), k
 
 
-def test_jax_run_writes_checkpoints_that_tensorflow_resumes(tmp_path, small_patch_set):
+def test_jax_run_writes_checkpoints_that_tensorflow_resumes(tmp_path, small_patch_set, monkeypatch):
     """A short JAX run from a TF state leaves ckpt-*.h5, steps.jsonl and config.json that the
-    TF tools read: load_state restores it into a compiled model, batch counter included."""
+    TF tools read: load_state restores it into a compiled model, batch counter included. Its
+    batches are ddcgan-train's stream (data.batch_stream), resumed where the run stopped."""
+    streams = []
+
+    def spy(size, batch_size, seed, start=0):
+        streams.append((batch_size, seed, start))
+        return batch_stream(size, batch_size, seed, start)
+
+    monkeypatch.setattr(jt, "batch_stream", spy)
     init = str(tmp_path / "init.h5")
     jt.main(["--write_init", init, "--seed", "0", "--patch_size", "32"])
     run = str(tmp_path / "run")
     assert jt.main(["--data", small_patch_set, "--init", init, "--model_dir", run, "--steps", "3",
-                    "--checkpoint_every", "2", "--log_every", "1", "--max_repeats", "2"]) == 0
+                    "--checkpoint_every", "2", "--log_every", "1", "--max_repeats", "2", "--seed", "5"]) == 0
+    with open(os.path.join(run, "config.json")) as f:
+        assert json.load(f)["seed"] == 5  # what ddcgan-train resumes with
     assert sorted(os.listdir(run)) == ["ckpt-00000002.h5", "ckpt-00000003.h5", "config.json", "steps.jsonl"]
     from ddcgan_tf.callbacks import read_step_log
     rows = read_step_log(os.path.join(run, "steps.jsonl"))
@@ -130,3 +142,4 @@ def test_jax_run_writes_checkpoints_that_tensorflow_resumes(tmp_path, small_patc
     assert jt.main(["--data", small_patch_set, "--init", init, "--model_dir", run, "--steps", "4",
                     "--checkpoint_every", "2", "--log_every", "1"]) == 0
     assert [r["step"] for r in read_step_log(os.path.join(run, "steps.jsonl"))] == [1, 2, 3, 4]
+    assert streams == [(24, 5, 0), (24, 5, 3)]  # the recorded seed, from batch 4 on

@@ -78,19 +78,50 @@ def test_exclude_missing_partner_and_empty_directory(tmp_path):
         build_patch_set(str(empty), ir_dir, out, log=quiet)
 
 
-def test_dataset_gives_shuffled_batches(small_patch_set):
-    ds, patches = make_dataset(small_patch_set, batch_size=4, seed=0, block_size=5, shuffle_buffer=8)
-    vis, ir = next(iter(ds))
+def _patch_ids(path):
+    """Each patch of a ddcgan_tf set by its 8-bit visible bytes -> (index, its infrared patch)."""
+    with h5py.File(path, "r") as f:
+        vis, ir = f["vis"][:], f["ir"][:]
+    ids = {v.tobytes(): k for k, v in enumerate(vis)}
+    assert len(ids) == len(vis)  # the synthetic patches are all different
+    return ids, ir
+
+
+def _indices(batch, ids, ir_all):
+    vis, ir = (np.asarray(t) for t in batch)
+    index = [ids[np.round(v * 255).astype(np.uint8).tobytes()] for v in vis]
+    np.testing.assert_array_equal(ir, ir_all[index])  # each visible patch with its own infrared one
+    return index
+
+
+def test_each_epoch_is_one_permutation_and_a_resumed_stream_goes_on_with_the_same_batches(small_patch_set):
+    """The official order (a reshuffle of the whole set every epoch, consecutive batches), and
+    batch k a function of the seed alone: a run resumed at k gets the batches it would have got."""
+    ids, ir_all = _patch_ids(small_patch_set)
+    ds, patches = make_dataset(small_patch_set, batch_size=4, seed=0)
+    n, per_epoch = len(patches), len(patches) // 4
+    assert per_epoch >= 3
+    it = iter(ds)
+    run = [next(it) for _ in range(2 * per_epoch + 2)]
+    vis, ir = run[0]
     assert vis.shape == (4, 32, 32, 1) and ir.shape == (4, 8, 8, 1)
     assert 0.0 <= float(np.min(vis)) and float(np.max(vis)) <= 1.0
-    # every patch comes through once per pass, paired with its own infrared patch
-    ds, _ = make_dataset(small_patch_set, batch_size=1, seed=0, block_size=5, repeat=False)
-    seen = [(v.numpy().sum(), i.numpy().sum()) for v, i in ds]
-    with h5py.File(small_patch_set, "r") as f:
-        truth = [(float(v.astype(np.float32).sum() / 255.0), float(i.sum())) for v, i in zip(f["vis"][:], f["ir"][:])]
-    assert len(seen) == len(patches) == len(truth)
-    assert sorted(np.round(np.asarray(seen, np.float64), 2).tolist()) == \
-        sorted(np.round(np.asarray(truth, np.float64), 2).tolist())
+    order = [_indices(b, ids, ir_all) for b in run]
+    epochs = [sum(order[e * per_epoch:(e + 1) * per_epoch], []) for e in (0, 1)]
+    for e in epochs:  # no patch twice in an epoch; only the remainder (n % 4) left out
+        assert len(set(e)) == len(e) == per_epoch * 4
+    assert epochs[0] != epochs[1] and epochs[0] != sorted(epochs[0])  # shuffled, and anew
+    for start in (2, per_epoch - 1, per_epoch + 1):
+        resumed = iter(make_dataset(small_patch_set, batch_size=4, seed=0, start=start)[0])
+        for k in range(start, len(run)):
+            for a, b in zip(next(resumed), run[k]):
+                np.testing.assert_array_equal(a.numpy(), b.numpy())
+    other = iter(make_dataset(small_patch_set, batch_size=4, seed=1)[0])
+    assert [_indices(next(other), ids, ir_all) for _ in range(per_epoch)] != order[:per_epoch]
+    # one pass, batch 1: every patch once
+    ds, _ = make_dataset(small_patch_set, batch_size=1, seed=0, repeat=False)
+    seen = [_indices(b, ids, ir_all)[0] for b in ds]
+    assert sorted(seen) == list(range(n))
 
 
 def test_dropping_an_iterator_needs_no_hdf5_lock(small_patch_set):
@@ -101,7 +132,7 @@ def test_dropping_an_iterator_needs_no_hdf5_lock(small_patch_set):
     script = (
         "import sys, h5py._objects\n"
         "from ddcgan_tf.data import make_dataset\n"
-        "ds, _ = make_dataset(sys.argv[1], batch_size=4, seed=0, block_size=8)\n"
+        "ds, _ = make_dataset(sys.argv[1], batch_size=4, seed=0)\n"
         "it = iter(ds)\n"
         "next(it)\n"
         "with h5py._objects.phil:  # what h5py holds during any call, e.g. create_dataset\n"
@@ -123,9 +154,12 @@ def test_reads_the_official_training_dataset_layout(tmp_path, matlab_order):
     patches = PatchSet(path)
     assert patches.layout == "official" and len(patches) == 6
     with h5py.File(path, "r") as f:
-        vis, ir = patches.read(f, 2, 4)
+        vis, ir = patches.read(f, slice(2, 4))
     np.testing.assert_allclose(vis[..., 0], data[2:4, ..., 0])
     np.testing.assert_allclose(ir[0, ..., 0], np.clip(scipy.ndimage.zoom(data[2, ..., 1], 0.25), 0, 1), atol=1e-6)
+    vis, ir = patches.take(np.array([4, 1]))  # from memory, in a batch's order
+    np.testing.assert_allclose(vis[..., 0], data[[4, 1], ..., 0])
+    np.testing.assert_allclose(ir[1, ..., 0], np.clip(scipy.ndimage.zoom(data[1, ..., 1], 0.25), 0, 1), atol=1e-6)
 
 
 def test_wrong_layouts_are_rejected_with_the_file_name(tmp_path):

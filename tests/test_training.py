@@ -10,7 +10,7 @@ import tensorflow as tf
 from ddcgan_tf import checkpoint as ckpt
 from ddcgan_tf import config as C
 from ddcgan_tf import losses
-from ddcgan_tf.data import make_dataset
+from ddcgan_tf.data import PatchSet, make_dataset
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.train import TrainingDiverged, build_model, train
 
@@ -40,7 +40,7 @@ def test_short_run_lowers_the_content_loss(small_patch_set, tmp_path):
 
 def test_training_resumes_from_the_saved_step(small_patch_set, tmp_path):
     model_dir = str(tmp_path / "run")
-    kw = dict(batch_size=4, checkpoint_every=2, tensorboard=False, verbose=0, seed=1)
+    kw = dict(batch_size=12, checkpoint_every=2, tensorboard=False, verbose=0, seed=1)
     first = train(small_patch_set, model_dir, steps=3, **kw)
     assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [2, 3]
     saved_g = [v.numpy() for v in first.g_optimizer.variables]
@@ -57,11 +57,21 @@ def test_training_resumes_from_the_saved_step(small_patch_set, tmp_path):
     assert int(second.batch_count.numpy()) == 5
     assert steps_logged(model_dir) == [1, 2, 3, 4, 5]
     assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [3, 4, 5]
+    # the resumed run trained on batches 4 and 5 of the data stream, not on 1 and 2 again: it
+    # ends where the same run without a stop ends (3 batches an epoch here: it stopped at the
+    # end of one; the straight run crosses it inside one fit)
+    assert len(PatchSet(small_patch_set)) // 12 == 3
+    straight = train(small_patch_set, str(tmp_path / "straight"), steps=5, **kw)
+    for a, b in zip(second.weights, straight.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
 
 
 def test_resume_refuses_other_settings(small_patch_set, tmp_path):
     model_dir = str(tmp_path / "run")
     train(small_patch_set, model_dir, steps=1, batch_size=4, tensorboard=False, verbose=0)
+    with open(os.path.join(model_dir, "config.json")) as f:
+        seed = json.load(f)["seed"]  # drawn, and recorded so a resume keeps the batch order
+    assert isinstance(seed, int)
     with pytest.raises(Exception, match="other settings"):
         train(small_patch_set, model_dir, steps=2, batch_size=4, preset="paper",
               tensorboard=False, verbose=0)
@@ -81,10 +91,10 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
 
     monkeypatch.setattr(train_module, "make_dataset",
                         lambda *a, **k: make_dataset(*a, **{**k, "shuffle": False}))
-    # every other batch is poisoned: each retry restores the last checkpoint, trains one clean
-    # batch and meets the next poisoned one; once the retries are spent the run stops
-    last = 2 + retries
-    expected = f"non-finite .* at batch {last}" + (f" \\(after {retries} retries\\)" if retries else "; training")
+    # every other batch is poisoned: each retry restores checkpoint 1 and meets the same
+    # poisoned batch 2 again (a retry replays the batches); once the retries are spent the run stops
+    last = 2
+    expected = "non-finite .* at batch 2" + (f" \\(after {retries} retries\\)" if retries else "; training")
     with pytest.raises(TrainingDiverged, match=expected):
         train(path, model_dir, steps=6, batch_size=4, checkpoint_every=1, tensorboard=False, verbose=0,
               nan_retries=retries)
@@ -120,6 +130,11 @@ def test_nan_retries_restore_the_last_checkpoint_after_a_transient_fault(small_p
     assert all(np.all(np.isfinite(v.numpy())) for v in model.weights)
     assert steps_logged(model_dir) == [1, 2, 3, 4, 5]  # the failed batch 3 was logged, then trimmed
     assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [2, 4, 5]
+    # the retry trained batches 3-5 again, the same batches: the run ends as one without the fault
+    clean = train(small_patch_set, str(tmp_path / "clean"), steps=5, batch_size=4, checkpoint_every=2,
+                  tensorboard=False, verbose=0, seed=0)
+    for a, b in zip(model.weights, clean.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
 
 
 def test_nan_retries_must_be_a_count(small_patch_set, tmp_path):

@@ -38,7 +38,8 @@ flags.DEFINE_integer("keep", 3, "Checkpoints to keep.")
 flags.DEFINE_boolean("jit_compile", False, "XLA-compile the train step's pieces (the schedule's loops stay in the "
                      "graph): 1.15x faster on a 2-core AMD EPYC (oneDNN off), slower on a 2-core "
                      "Intel Xeon with oneDNN (12.0 vs 10.4 s a batch of 24); see WORKSPACE.md.")
-flags.DEFINE_integer("seed", None, "Random seed.")
+flags.DEFINE_integer("seed", None, "Data seed (batch order) and initial-weights seed. Default: a resumed run "
+                     "keeps the one in MODEL_DIR/config.json, a new run draws one and records it there.")
 flags.DEFINE_boolean("tensorboard", True, "Write TensorBoard scalars and sample images to MODEL_DIR/logs.")
 flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
                   "Distribution: one device, all local devices (MirroredStrategy), or a cluster "
@@ -46,8 +47,9 @@ flags.DEFINE_enum("strategy", "default", ["default", "mirrored", "multiworker"],
 flags.DEFINE_enum("mixed_precision", None, ["mixed_bfloat16", "mixed_float16"],
                   "16-bit convolutions (float16 uses loss scaling; bfloat16 halves the step on CPUs "
                   "with AVX512-BF16 but has hit non-finite outputs there, see README). Default: float32.")
-flags.DEFINE_integer("nan_retries", 0, "After a non-finite loss, restore the last checkpoint and go on with "
-                     "the next batches, up to N times (for transient faults such as bfloat16 on a CPU).")
+flags.DEFINE_integer("nan_retries", 0, "After a non-finite loss, restore the last checkpoint and train on "
+                     "from it with the same batches, up to N times (for transient faults such as bfloat16 "
+                     "on a CPU; a fault the batches cause recurs and ends the run).")
 flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2 one line per epoch.")
 flags.mark_flags_as_required(["data", "model_dir"])
 
