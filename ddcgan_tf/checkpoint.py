@@ -84,6 +84,17 @@ def save_state(model, path):
     atomic_write(path, write, suffix=".h5")
 
 
+def read_steps_per_epoch(path):
+    """The batches per epoch a checkpoint's run had (its learning-rate decay period), or None
+    when the file does not record it."""
+    try:
+        with h5py.File(os.fspath(path), "r") as f:
+            value = f.attrs.get("steps_per_epoch")
+    except _H5_ERRORS:
+        return None
+    return None if value is None else int(value)
+
+
 def read_configs(path):
     """(model_config, train_config dict or None) stored in a checkpoint or generator file."""
     path = os.fspath(path)

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 from ddcgan_tf import callbacks as cb
 from ddcgan_tf import config as C
-from ddcgan_tf.checkpoint import CheckpointManager, latest_checkpoint, load_networks, warm_start_file
+from ddcgan_tf.checkpoint import (CheckpointManager, latest_checkpoint, load_networks, read_steps_per_epoch,
+                                  warm_start_file)
 from ddcgan_tf.data import PatchSet, batch_stream, batches_per_epoch, check_seed, make_dataset, new_seed
 from ddcgan_tf.ddcgan import DDcGAN
 from ddcgan_tf.errors import InputError
@@ -154,6 +155,13 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
             raise InputError(model_dir, f"holds a run with other settings "
                                         f"({mismatch or 'training preset/overrides differ'}); "
                                         f"use a new --model_dir")
+        stored_epoch = read_steps_per_epoch(latest)
+        if stored_epoch is not None and stored_epoch != steps_per_epoch:
+            raise InputError(model_dir, f"holds a run with {stored_epoch} batches per epoch, but {data} in "
+                                        f"batches of {batch_size} gives {steps_per_epoch} (the learning-rate "
+                                        f"decay and the batch order depend on it); resume with the run's patch "
+                                        f"set and --batch_size, or start a new --model_dir (--init_from "
+                                        f"fine-tunes its weights)")
     if mixed_precision not in (None, "float32", "mixed_bfloat16", "mixed_float16"):
         raise InputError("--mixed_precision", f"must be mixed_bfloat16 or mixed_float16, got {mixed_precision!r}")
     keras.mixed_precision.set_global_policy(mixed_precision or "float32")

@@ -75,6 +75,9 @@ def test_resume_refuses_other_settings(small_patch_set, tmp_path):
     with pytest.raises(Exception, match="other settings"):
         train(small_patch_set, model_dir, steps=2, batch_size=4, preset="paper",
               tensorboard=False, verbose=0)
+    # another batch size would change the learning-rate decay period and the batch order
+    with pytest.raises(InputError, match="holds a run with 11 batches per epoch, but .* gives 5"):
+        train(small_patch_set, model_dir, steps=2, batch_size=8, tensorboard=False, verbose=0)
 
 
 @pytest.mark.parametrize("retries", [0, 2])
