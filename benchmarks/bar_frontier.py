@@ -51,7 +51,8 @@ def fuse(vis, up, a, k, s, g, t, stretch):
 def evaluate(scenes, p):
     """Mean of validate_tno.score over the scenes for parameters p."""
     per = [validate_tno.score(fuse(vis, up, **p), vis, ir) for vis, ir, up in scenes]
-    return {key: float(np.nanmean([s[key] for s in per])) for key in validate_tno.OFFICIAL}
+    mean = validate_tno.mean_scores(per)
+    return {key: mean[key] for key in validate_tno.OFFICIAL}
 
 
 def search(scenes, evals, seed=0, log=print):

@@ -65,6 +65,17 @@ def score(fused, vis, ir):
     return s
 
 
+def mean_scores(per_image):
+    """Each metric's mean over the images, leaving out the images where it is undefined (NaN,
+    e.g. CC of a flat image); NaN, without numpy's empty-slice warning, where it is on all."""
+    out = {}
+    for k in next(iter(per_image)).keys():
+        v = np.asarray([s[k] for s in per_image], np.float64)
+        v = v[~np.isnan(v)]
+        out[k] = float(v.mean()) if v.size else float("nan")
+    return out
+
+
 def _score8(args):
     """score() of an 8-bit output (what a user gets: the file); a picklable pool task."""
     fused8, vis, ir = args
@@ -110,8 +121,7 @@ def validate(checkpoint, names=HELD_OUT, vis_dir=os.path.join(TNO, "vis"), ir_di
     for (m, name), s in zip(keys, pool.map(_score8, tasks) if pool else map(_score8, tasks)):
         results[m]["per_image"][name] = s
     for r in results.values():
-        metric_names = next(iter(r["per_image"].values())).keys()
-        r["mean"] = {k: float(np.nanmean([s[k] for s in r["per_image"].values()])) for k in metric_names}
+        r["mean"] = mean_scores(list(r["per_image"].values()))
     return results
 
 
