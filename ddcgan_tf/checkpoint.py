@@ -267,11 +267,15 @@ class CheckpointManager:
                 pass
 
     def save(self, model):
-        """Writes ckpt-<batch>.h5 atomically, then prunes to the newest `keep` (WriteError on failure)."""
+        """Writes ckpt-<batch>.h5 atomically, then prunes the older ones to the newest `keep`
+        (WriteError on failure). Checkpoints of later batches (damaged ones that the resume
+        skipped) neither count nor go: the run overwrites them when it gets there, and counting
+        them could delete every checkpoint that loads."""
         step = int(model.batch_count.numpy())
         path = os.path.join(self.model_dir, f"ckpt-{step:08d}.h5")
         save_state(model, path)
-        for _, old in list_checkpoints(self.model_dir)[:-self.keep]:
+        upto = [(s, p) for s, p in list_checkpoints(self.model_dir) if s <= step]
+        for _, old in upto[:-self.keep]:
             try:
                 os.remove(old)
             except FileNotFoundError:

@@ -494,6 +494,13 @@ def test_damaged_newest_checkpoint_is_skipped_on_restore(tmp_path):
     manager.log = messages.append
     assert manager.restore_latest(model).endswith("ckpt-00000000.h5")
     assert int(model.batch_count.numpy()) == 0 and "ckpt-00000007.h5" in messages[0]
+    # the resumed run saves batch 5 with --keep 1: the damaged 7 must not count, or pruning
+    # would delete 0 and the new 5, leaving nothing that loads
+    manager.keep = 1
+    model.batch_count.assign(5)
+    manager.save(model)
+    assert [s for s, _ in ckpt.list_checkpoints(manager.model_dir)] == [5, 7]
+    assert manager.restore_latest(model).endswith("ckpt-00000005.h5")
     os.remove(ckpt.list_checkpoints(manager.model_dir)[0][1])
     with pytest.raises(InputError, match="none of the 1 checkpoint"):
         manager.restore_latest(model)
