@@ -68,7 +68,7 @@ def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=None, til
         rgb = None
     vis = ycbcr.luminance(rgb) if rgb is not None else images.read_grey(vis_path)
     vis, ir = fuser.prepare(vis, images.read_grey(ir_path), resize, vis_path, ir_path)
-    if tile:
+    if tile is not None:
         from ddcgan_tf.tiling import fuse_tiled
         fused = fuse_tiled(fuser, vis, ir, tile=tile)
     else:

@@ -54,6 +54,7 @@ import weakref
 import numpy as np
 import tensorflow as tf
 
+from ddcgan_tf.errors import InputError
 from ddcgan_tf.fuse import Fuser
 from ddcgan_tf.generator import Generator, check_sizes
 from ddcgan_tf.layers import BatchNorm
@@ -95,7 +96,23 @@ def tile_plan(shape, tile, overlap):
             for y0, y1, oy0, oy1 in rows for x0, x1, ox0, ox1 in cols]
 
 
-def fuse_tiled(fuser, vis, ir, tile=512, overlap=32, batch_stats="global"):
+OVERLAP = 32  # pixels each tile reaches past its valid centre: >= min_overlap (24, official G)
+
+
+def check_tile(tile, scale, overlap=OVERLAP):
+    """InputError unless tiles of side `tile` overlapping by `overlap` fit the scale: both
+    multiples of it, 0 <= overlap < tile."""
+    def whole(v):
+        return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+    if not whole(overlap) or overlap < 0 or overlap % scale:
+        raise InputError("overlap", f"must be a non-negative multiple of the scale {scale}, got {overlap!r}")
+    if not whole(tile) or tile % scale or tile <= overlap:
+        raise InputError("--tile", f"must be a multiple of the scale {scale} larger than the overlap "
+                                   f"{overlap}, got {tile!r}")
+
+
+def fuse_tiled(fuser, vis, ir, tile=512, overlap=OVERLAP, batch_stats="global"):
     """Fuses vis (H, W) with ir (H/s, W/s) tile by tile; returns (H, W) float32 in [0, 1].
 
     Equal to `fuser(vis, ir)` up to float rounding when overlap >= min_overlap(generator) (24
@@ -103,10 +120,7 @@ def fuse_tiled(fuser, vis, ir, tile=512, overlap=32, batch_stats="global"):
     (tile grid, receptive field, BN modes). `batch_stats` matters only for bn_mode="batch".
     """
     generator, s = fuser.generator, fuser.scale
-    if tile % s or overlap % s:
-        raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of the scale {s}")
-    if overlap < 0 or tile <= overlap:
-        raise ValueError(f"need 0 <= overlap < tile, got tile {tile}, overlap {overlap}")
+    check_tile(tile, s, overlap)
     if batch_stats not in BATCH_STATS:
         raise ValueError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
     vis, ir = np.asarray(vis, np.float32), np.asarray(ir, np.float32)

@@ -93,6 +93,27 @@ def test_fuse_errors_are_one_line_and_leave_no_output(tmp_path, generator_file, 
     assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]
 
 
+@pytest.mark.parametrize("flags", [["--tile=30"], ["--tile=0"], ["--dirs", "--tile=50"],
+                                   ["--mode=pet-mri", "--tile=64"], ["--mode=pet-mri", "--resize"]])
+def test_flags_that_cannot_apply_are_one_line_errors_before_any_output(tmp_path, generator_file, flags):
+    """A tile that does not fit the scale, or a vis-ir-only flag in pet-mri mode, is refused in
+    one line before anything is written (it used to be a traceback, a silent whole-image fuse,
+    or a PET resize error that asked for the --resize just given)."""
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a", "b"), ir_scale=4)
+    out = tmp_path / "out"
+    if "--dirs" in flags:
+        io = [f"--vis_dir={vis_dir}", f"--ir_dir={ir_dir}", f"--output_dir={out}"]
+    elif "--mode=pet-mri" in flags:
+        io = [f"--mri={vis_dir}/a.png", f"--pet={ir_dir}/a.png", f"--output={out}.png"]
+    else:
+        io = [f"--vis={vis_dir}/a.png", f"--ir={ir_dir}/a.png", f"--output={out}.png"]
+    r = cli("ddcgan_tf.cli.fuse", *io, f"--checkpoint={generator_file}", *[f for f in flags if f != "--dirs"])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert ("--tile" if any(f.startswith("--tile") for f in flags) else "--resize") in lines[0]
+    assert not (tmp_path / "out.png").exists() and not (out.exists() and os.listdir(out))
+
+
 def test_tiled_file_fusion_matches_whole_image_fusion(generator_file, tmp_path):
     vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a",), size=(96, 128), ir_scale=4)
     fuser = Fuser(load_generator(generator_file, bn_mode="moving"))

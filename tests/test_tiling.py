@@ -128,10 +128,12 @@ def test_batch_mode_global_statistics_equal_whole_image(batch):
 
 def test_bad_arguments(moving):
     vis, ir = pair(96, 128)
-    with pytest.raises(ValueError, match="multiples of the scale 4"):
+    with pytest.raises(InputError, match="--tile: must be a multiple of the scale 4 larger than the overlap 24, got 50"):
         fuse_tiled(moving, vis, ir, tile=50, overlap=24)
-    with pytest.raises(ValueError, match="overlap < tile"):
+    with pytest.raises(InputError, match="larger than the overlap 48, got 48"):
         fuse_tiled(moving, vis, ir, tile=48, overlap=48)
+    with pytest.raises(InputError, match="overlap: must be a non-negative multiple of the scale 4, got 26"):
+        fuse_tiled(moving, vis, ir, tile=48, overlap=26)
     with pytest.raises(ValueError, match="batch_stats"):
         fuse_tiled(moving, vis, ir, tile=48, overlap=24, batch_stats="none")
     with pytest.raises(InputError, match="must be 32x24"):

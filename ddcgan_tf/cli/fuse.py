@@ -65,6 +65,9 @@ def main(argv):
     checkpoint = FLAGS.checkpoint or default_checkpoint("vis-ir")
     fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode, stretch=FLAGS.stretch),
                   jit_compile=FLAGS.jit_compile)
+    if FLAGS.tile is not None:  # before any pair is read
+        from ddcgan_tf.tiling import check_tile
+        check_tile(FLAGS.tile, fuser.scale)
     if single:
         fuse_files(fuser, FLAGS.vis, FLAGS.ir, FLAGS.output, resize=FLAGS.resize, tile=FLAGS.tile,
                    colour=FLAGS.colour)
@@ -103,6 +106,11 @@ def fuse_pet_mri_cli():
     if FLAGS.colour:
         raise InputError("--colour", "is for a colour visible image (vis-ir mode); in pet-mri mode "
                                      "the PET's colour is kept through IHS")
+    ignored = [f"--{n}" for n in ("vis", "ir", "vis_dir", "ir_dir", "output_dir", "tile") if FLAGS[n].value is not None]
+    ignored += ["--resize"] if FLAGS.resize else []
+    if ignored:  # rather than fuse whole, or at the given sizes, without saying so
+        raise InputError(", ".join(ignored), "not supported in pet-mri mode (one pair: --mri, --pet, --output; "
+                                             "the PET at 1/4 of the MRI size)")
     missing = [f"--{n}" for n in ("mri", "pet", "output") if not FLAGS[n].value]
     if missing:
         raise InputError("flags", f"pet-mri mode needs {', '.join(missing)}")
