@@ -159,7 +159,11 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
     check_geometry(patch, stride, scale)
     images.check_output_dir(os.path.dirname(os.path.abspath(os.fspath(output))))  # before the slow part
     read_ir = read_ir or images.read_grey
-    pairs = [p for p in images.pair_by_name(vis_dir, ir_dir) if p[0] not in set(exclude)]
+    pairs = images.pair_by_name(vis_dir, ir_dir)
+    unknown = sorted(set(exclude) - {stem for stem, _, _ in pairs})
+    if unknown:  # a typo would leave a held-out scene in the training set
+        raise InputError("--exclude", f"no pair in {vis_dir} is named {', '.join(map(repr, unknown))}")
+    pairs = [p for p in pairs if p[0] not in set(exclude)]
     if not pairs:
         raise InputError(vis_dir, "no image pairs left after --exclude")
     vis_dtype, vis_max = _vis_storage([v for _, v, _ in pairs])

@@ -69,6 +69,9 @@ def test_exclude_missing_partner_and_empty_directory(tmp_path):
     out = str(tmp_path / "set.h5")
     assert build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, exclude=["b"], log=quiet)["pairs"] == 1
     assert source_names(out) == ["a"]
+    with pytest.raises(InputError, match="--exclude: no pair in .* is named 'B', 'c'"):
+        build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, exclude=["B", "c", "a"], log=quiet)
+    assert source_names(out) == ["a"]  # a typo never writes a set that holds the scene
     os.remove(os.path.join(ir_dir, "b.png"))
     with pytest.raises(InputError, match="no ir partner named 'b"):
         build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, log=quiet)
