@@ -97,6 +97,8 @@ def read_raw(path):
     with _quiet_readers():
         try:
             a = np.asarray(iio.imread(path))
+            if a.ndim == 3 and a.shape[-1] == 4 and _is_cmyk(path):  # C, M, Y are not R, G, B
+                a = np.asarray(iio.imread(path, plugin="pillow", mode="RGB"))
         except Exception as e:  # imageio and its plugins raise many types for corrupt/unknown files
             problem = _read_problem(e)
         if problem is not None:
@@ -118,6 +120,15 @@ def read_raw(path):
     if a.size == 0:
         raise InputError(path, f"image is empty (shape {a.shape})")
     return a
+
+
+def _is_cmyk(path):
+    """Whether a 4-channel file is CMYK (JPEG, TIFF), which imageio returns as stored; Pillow
+    converts it to RGB. Anything Pillow cannot open is taken as not CMYK (RGBA and the like)."""
+    try:
+        return iio.immeta(path, plugin="pillow").get("mode") == "CMYK"
+    except Exception:
+        return False
 
 
 def _read_problem(e):

@@ -248,6 +248,25 @@ def test_16_bit_and_rgb_inputs_are_converted(tmp_path):
         read_grey(tmp_path / "wide.tif")
 
 
+@pytest.mark.parametrize("ext", [".jpg", ".tif"])
+def test_cmyk_images_are_read_as_their_colours(tmp_path, ext):
+    """imageio returns CMYK files as 4 stored channels; read as RGBA they gave an inverted,
+    wrong luminance. They are converted to RGB (Pillow) like any colour image."""
+    from PIL import Image
+
+    from ddcgan_tf.images import read_grey, read_rgb
+
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:8] = (200, 30, 30)
+    rgb[8:] = (20, 120, 230)
+    path = str(tmp_path / f"cmyk{ext}")
+    Image.fromarray(rgb).convert("CMYK").save(path, **({"quality": 95} if ext == ".jpg" else {}))
+    np.testing.assert_allclose(read_rgb(path), rgb / 255.0, atol=4 / 255)
+    truth = str(tmp_path / "rgb.png")
+    iio.imwrite(truth, rgb)
+    np.testing.assert_allclose(read_grey(path), read_grey(truth), atol=3 / 255)
+
+
 def test_hdf5_with_wrong_layout_or_patch_sizes_is_rejected(tmp_path):
     """Bullet: an HDF5 file with the wrong layout or patch sizes. Unknown layout, patch sizes
     that do not fit the scale and a non-HDF5 file: tests/test_patches.py
