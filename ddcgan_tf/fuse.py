@@ -63,6 +63,9 @@ def fuse_files(fuser, vis_path, ir_path, output, resize=False, stretch=None, til
     fused and its chroma kept (ddcgan_tf.ycbcr; an RGB file is written); a grey one is fused as
     usual. Returns the fused float image (grey, unstretched)."""
     vis_path, ir_path = os.fspath(vis_path), os.fspath(ir_path)
+    for source in (vis_path, ir_path):
+        if os.path.exists(output) and os.path.exists(source) and os.path.samefile(output, source):
+            raise InputError(output, "is an input image; writing the fused image there would destroy it")
     rgb = images.read_rgb(vis_path) if colour else None
     if rgb is not None and images.is_grey(rgb):
         rgb = None
@@ -87,6 +90,10 @@ def fuse_dirs(fuser, vis_dir, ir_dir, output_dir, resize=False, stretch=None, ti
     Returns (written paths, [(name, error message)]).
     """
     pairs = images.pair_by_name(vis_dir, ir_dir)
+    for label, source in (("visible", vis_dir), ("infrared", ir_dir)):
+        if os.path.isdir(output_dir) and os.path.samefile(output_dir, source):
+            raise InputError(output_dir, f"is the {label} input directory: the fused images would "
+                                         f"overwrite or mix with the sources; choose another --output_dir")
     os.makedirs(output_dir, exist_ok=True)
     written, failed = [], []
     for stem, vpath, ipath in pairs:

@@ -307,7 +307,8 @@ def write_image(path, image, stretch=False):
 
 
 def list_images(directory):
-    """Sorted image files in a directory, keyed by file stem; InputError if none."""
+    """Sorted image files in a directory, keyed by file stem; InputError if none, or if two
+    share a stem (a.png and a.jpg: which one pairs would be a guess)."""
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise InputError(directory, "is not a directory" if os.path.exists(directory) else "directory not found")
@@ -319,7 +320,10 @@ def list_images(directory):
     for name in names:
         stem, ext = os.path.splitext(name)
         if ext.lower() in IMAGE_EXTENSIONS and not name.startswith("."):
-            out.setdefault(stem, os.path.join(directory, name))
+            if stem in out:
+                raise InputError(os.path.join(directory, name), f"shares its name with "
+                                 f"{os.path.basename(out[stem])}; pairs are matched by name, keep one")
+            out[stem] = os.path.join(directory, name)
     if not out:
         raise InputError(directory, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in directory")
     return out

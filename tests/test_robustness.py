@@ -248,6 +248,26 @@ def test_16_bit_and_rgb_inputs_are_converted(tmp_path):
         read_grey(tmp_path / "wide.tif")
 
 
+def test_outputs_never_overwrite_the_inputs_and_names_pair_unambiguously(tmp_path):
+    """Fusing into the input directory, or onto an input file, would destroy the sources: refused
+    before anything is read or written. Two files with one stem would pair by a guess: refused."""
+    from ddcgan_tf.fuse import fuse_dirs, fuse_files
+    from ddcgan_tf.images import list_images
+
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a", "b"), ir_scale=4)
+    before = {p: open(os.path.join(vis_dir, p), "rb").read() for p in os.listdir(vis_dir)}
+    for out_dir in (vis_dir, ir_dir):
+        with pytest.raises(InputError, match="input directory: the fused images would overwrite"):
+            fuse_dirs(None, vis_dir, ir_dir, out_dir, log=quiet)
+    with pytest.raises(InputError, match="is an input image"):
+        fuse_files(None, os.path.join(vis_dir, "a.png"), os.path.join(ir_dir, "a.png"),
+                   os.path.join(vis_dir, ".", "a.png"))
+    assert {p: open(os.path.join(vis_dir, p), "rb").read() for p in os.listdir(vis_dir)} == before
+    iio.imwrite(os.path.join(vis_dir, "a.jpg"), np.zeros((64, 96), np.uint8))
+    with pytest.raises(InputError, match="a.png: shares its name with a.jpg"):
+        list_images(vis_dir)
+
+
 @pytest.mark.parametrize("ext", [".jpg", ".tif"])
 def test_cmyk_images_are_read_as_their_colours(tmp_path, ext):
     """imageio returns CMYK files as 4 stored channels; read as RGBA they gave an inverted,
