@@ -79,6 +79,19 @@ def test_evaluate_dirs_errors(dirs, tmp_path):
         evaluate_dirs(dirs["fused"], dirs["vis"], dirs["ir"], "paper")
 
 
+def test_a_triple_the_metrics_cannot_score_is_reported_with_its_file(dirs):
+    """A 1-pixel-high image passes the reader but not AG (2 x 2 pixels at least): an InputError
+    naming the fused file, and in a directory run the other triples are still scored."""
+    for d, shape in (("fused", (1, 16)), ("vis", (1, 16)), ("ir", (1, 4))):
+        iio.imwrite(os.path.join(dirs[d], "pair_a.png"), np.full(shape, 100, np.uint8))
+    failures = []
+    rows, _ = evaluate_dirs(dirs["fused"], dirs["vis"], dirs["ir"], failures=failures)
+    assert [r["name"] for r in rows] == ["pair_b"]
+    assert failures[0][0] == "pair_a" and "pair_a.png: cannot be scored (AG needs" in failures[0][1]
+    with pytest.raises(InputError, match="pair_a.png: cannot be scored"):
+        evaluate_dirs(dirs["fused"], dirs["vis"], dirs["ir"])
+
+
 def test_cli_markdown_and_csv_output_file(dirs, tmp_path):
     res = run_cli(*dir_args(dirs))
     assert res.returncode == 0, res.stderr

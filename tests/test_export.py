@@ -153,6 +153,20 @@ def test_existing_output_needs_overwrite(generator_file, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no .tmp-* left
 
 
+def test_output_holding_the_checkpoint_is_refused_even_with_overwrite(generator_file, tmp_path):
+    """Exporting a run into its own directory (or a parent) with --overwrite would delete the
+    checkpoint it reads: refused in one line, nothing touched."""
+    run = tmp_path / "runs" / "tno"
+    run.mkdir(parents=True)
+    ckpt = run / "generator.h5"
+    ckpt.write_bytes(open(generator_file, "rb").read())
+    for out in (run, tmp_path / "runs"):
+        r = export_cli(f"--checkpoint={run}", f"--output={out}", "--overwrite")
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+        assert "holds the checkpoint being exported" in r.stderr
+    assert ckpt.read_bytes() == open(generator_file, "rb").read()
+
+
 def test_missing_output_flag_is_one_line_error(generator_file):
     r = export_cli(f"--checkpoint={generator_file}")
     assert r.returncode == 2 and r.stderr.strip() == "ddcgan-export: error: flags: missing --output"

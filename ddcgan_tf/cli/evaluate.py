@@ -69,17 +69,20 @@ def evaluate_dirs(fused_dir, vis_dir, ir_dir, convention=metrics.DEFAULT_CONVENT
         ir_path = with_ir[stem]
         try:
             fused, vis, ir = _read_triple(fused_path, vis_path, ir_path)
+            row = {"name": stem}
+            try:  # the metrics' own checks (e.g. AG needs 2 x 2 pixels) name no file
+                row.update(metrics.evaluate_triple(fused, vis, ir, convention))
+                lowres = ir if ir.shape != fused.shape else (vis if vis.shape != fused.shape else None)
+                if lowres is not None:
+                    row["_lowres"] = metrics.lowres_fidelity(fused, lowres)
+            except ValueError as e:
+                raise InputError(fused_path, f"cannot be scored ({e})") from None
         except InputError as e:
             if failures is None:
                 raise
             failures.append((stem, str(e)))
             continue
-        row = {"name": stem}
-        row.update(metrics.evaluate_triple(fused, vis, ir, convention))
-        lowres = ir if ir.shape != fused.shape else (vis if vis.shape != fused.shape else None)
-        if lowres is not None:
-            any_lowres = True
-            row["_lowres"] = metrics.lowres_fidelity(fused, lowres)
+        any_lowres = any_lowres or "_lowres" in row
         rows.append(row)
     if not rows:
         if failures:

@@ -6,6 +6,8 @@
 Inputs vis float32 [N, H, W, 1] and ir float32 [N, H/4, W/4, 1] in [0, 1]; output "fused"
 float32 [N, H, W, 1]. See ddcgan_tf/export.py.
 """
+import os
+
 from absl import flags
 
 from ddcgan_tf.cli.common import run_main
@@ -33,6 +35,10 @@ def main(argv):
     if not FLAGS.output:
         raise InputError("flags", "missing --output")
     checkpoint = FLAGS.checkpoint or default_checkpoint(FLAGS.mode)
+    out, source = os.path.realpath(FLAGS.output), os.path.realpath(checkpoint)
+    if os.path.commonpath([out, source]) == out:  # --overwrite would delete the weights themselves
+        raise InputError(FLAGS.output, f"holds the checkpoint being exported ({checkpoint}); "
+                                       f"choose another --output")
     generator = load_generator(checkpoint, bn_mode=FLAGS.bn_mode, stretch=FLAGS.stretch)
     config = export_saved_model(generator, FLAGS.output, overwrite=FLAGS.overwrite)
     s = config["scale"]
