@@ -16,9 +16,9 @@ tests/test_gpu_job.py checks it against ddcgan_tf.fuse.Fuser.
 The batches are `ddcgan-train`'s (`ddcgan_tf.data.batch_stream`: the official per-epoch
 reshuffle, batch k a function of the data seed alone), so a run moved between this script and
 `ddcgan-train` in either direction goes on with the batches it would have had; the seed is
-recorded in config.json and kept on resume. Differences, by design: the whole schedule of a batch is one
-jitted function with `lax.while_loop` repeats (as `train_step` is one tf.function), and the host
-fetches the step logs every `--log_every` batches. Float32 throughout; XLA on the GPU uses
+recorded in config.json and kept on resume. Differences, by design: the whole schedule of a
+batch is one jitted function with `lax.while_loop` repeats (as `train_step` is one
+tf.function), and the host fetches the step logs every `--log_every` batches. Float32 throughout; XLA on the GPU uses
 TF32 convolutions by default, as TensorFlow does on the same GPU.
 
   python benchmarks/jax_train.py --data tno.h5 --init checkpoints/vis-ir/train_state.h5 \\
