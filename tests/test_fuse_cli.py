@@ -94,15 +94,16 @@ def test_fuse_errors_are_one_line_and_leave_no_output(tmp_path, generator_file, 
 
 
 @pytest.mark.parametrize("flags", [["--tile=30"], ["--tile=0"], ["--dirs", "--tile=50"],
-                                   ["--mode=pet-mri", "--tile=64"], ["--mode=pet-mri", "--resize"]])
+                                   ["--mode=pet-mri", "--tile=64"], ["--mode=pet-mri", "--resize"],
+                                   ["--demo", "--tile=512"]])
 def test_flags_that_cannot_apply_are_one_line_errors_before_any_output(tmp_path, generator_file, flags):
     """A tile that does not fit the scale, or a vis-ir-only flag in pet-mri mode, is refused in
     one line before anything is written (it used to be a traceback, a silent whole-image fuse,
     or a PET resize error that asked for the --resize just given)."""
     vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a", "b"), ir_scale=4)
     out = tmp_path / "out"
-    if "--dirs" in flags:
-        io = [f"--vis_dir={vis_dir}", f"--ir_dir={ir_dir}", f"--output_dir={out}"]
+    if "--dirs" in flags or "--demo" in flags:
+        io = [f"--output_dir={out}"] + ([f"--vis_dir={vis_dir}", f"--ir_dir={ir_dir}"] if "--dirs" in flags else [])
     elif "--mode=pet-mri" in flags:
         io = [f"--mri={vis_dir}/a.png", f"--pet={ir_dir}/a.png", f"--output={out}.png"]
     else:

@@ -45,6 +45,14 @@ def main(argv):
     if FLAGS.demo:
         from ddcgan_tf.demo import run_demo
 
+        unused = [f"--{n}" for n in ("vis", "ir", "output", "vis_dir", "ir_dir", "mri", "pet", "tile")
+                  if FLAGS[n].value is not None]
+        unused += [f"--{n}" for n in ("resize", "colour") if FLAGS[n].value]
+        unused += ["--mode"] if FLAGS.mode != "vis-ir" else []
+        if unused:  # the demo fuses its own scene, whole, with the vis-ir weights
+            raise InputError(", ".join(unused), "not used by --demo (it fuses a built-in scene; "
+                                                "--output_dir, --checkpoint, --bn_mode and --stretch apply)")
+
         checkpoint = FLAGS.checkpoint or default_checkpoint("vis-ir")
         fuser = Fuser(load_generator(checkpoint, bn_mode=FLAGS.bn_mode, stretch=FLAGS.stretch),
                       jit_compile=FLAGS.jit_compile)
