@@ -93,4 +93,14 @@ def get_preset(name="official", scale=SCALE, **overrides):
     config = TrainConfig(**values)
     if config.decay_counts not in ("optimizer_steps", "batches"):
         raise ValueError(f"decay_counts must be 'optimizer_steps' or 'batches', got {config.decay_counts!r}")
+    # values no run can mean: a negative clip bound sets every weight to +c, and the run would
+    # stop as if it had diverged
+    for name in ("learning_rate", "lr_decay_rate", "clip_value"):
+        value = getattr(config, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"{name} must be positive, got {value!r}")
+    if not config.rmsprop_initial_accumulator >= 0:  # 0: Keras's start
+        raise ValueError(f"rmsprop_initial_accumulator must be >= 0, got {config.rmsprop_initial_accumulator!r}")
+    if config.max_repeats < 1:
+        raise ValueError(f"max_repeats must be at least 1, got {config.max_repeats!r}")
     return config

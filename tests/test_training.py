@@ -140,6 +140,16 @@ def test_nan_retries_restore_the_last_checkpoint_after_a_transient_fault(small_p
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
 
 
+@pytest.mark.parametrize("override", [dict(clip_value=-8.0), dict(learning_rate=0.0), dict(max_repeats=0)])
+def test_settings_no_run_can_mean_are_refused_before_training(small_patch_set, tmp_path, override):
+    """A negative clip bound set every weight to +8 and the run stopped as 'diverged' (exit 3)."""
+    name, value = next(iter(override.items()))
+    with pytest.raises(InputError, match=f"--preset: bad preset or override \\({name} must be"):
+        train(small_patch_set, str(tmp_path / "run"), steps=1, batch_size=4, tensorboard=False, verbose=0,
+              overrides=override)
+    assert not ckpt.list_checkpoints(str(tmp_path / "run"))
+
+
 def test_nan_retries_must_be_a_count(small_patch_set, tmp_path):
     with pytest.raises(InputError, match="--nan_retries"):
         train(small_patch_set, str(tmp_path / "run"), steps=1, nan_retries=-1)
