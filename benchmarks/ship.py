@@ -23,7 +23,7 @@ import numpy as np
 
 from ddcgan_tf.callbacks import read_step_log
 from ddcgan_tf.checkpoint import PATTERN, warm_start_file
-from ddcgan_tf.shipped import CHECKPOINT_ROOT, MANIFEST_FILE, ship
+from ddcgan_tf.shipped import CHECKPOINT_ROOT, MANIFEST_FILE, ship, this_machine
 from validate_tno import HELD_OUT, NAMES_HELP, OFFICIAL, SHARED, TNO, resolve_names, table, validate
 
 # mode -> (held-out names, high-resolution folder, low-resolution folder)
@@ -91,13 +91,20 @@ def main():
         wall = previous["wall_time_s"] + training_seconds(logged, 0)
     elif not same_run and first == 1:  # a new run from fresh weights: no history
         lineage, previous_steps, wall = {}, 0, training_seconds(logged, 0)
-    else:  # the run the replaced manifest shipped, further on
-        if not same_run and first != previous["steps"] + 1:
+    else:  # the run the replaced manifest shipped, further on: from its generator's batch, or
+        # from the later full state it shipped (README: resume from checkpoints/<mode>/train_state.h5)
+        ended = previous["steps"]
+        if not same_run and first == previous.get("state_steps", -1) + 1:
+            ended = previous["state_steps"]
+        if not same_run and first != ended + 1:
             ap.error(f"{args.model_dir}: its log starts at batch {first}, but the shipped run ended at "
-                     f"{previous['steps']}, so its history is unknown here")
+                     f"{previous['steps']} (state {previous.get('state_steps', previous['steps'])}), so its "
+                     f"history is unknown here")
         lineage = {k: previous[k] for k in ("init_from",) if k in previous}
+        if ended > previous["steps"]:  # the shipped manifest timed its generator's batches only
+            lineage["untimed_batches"] = f"{previous['steps'] + 1}-{ended}"
         previous_steps = previous.get("total_steps", previous["steps"]) - previous["steps"]
-        wall = previous["wall_time_s"] + training_seconds(logged, previous["steps"])
+        wall = previous["wall_time_s"] + training_seconds(logged, ended)
     data = dict(previous["data"], **({"held_out": names} if args.mode == "vis-ir" else {}))
     run_info = {
         "batch_size": config["batch_size"], "command": args.command, "data": data,
@@ -111,13 +118,18 @@ def main():
         if not state_match or int(state_match.group(1)) < steps:
             ap.error(f"{args.state}: not a ckpt-<batch>.h5 of this run at or after batch {steps}")
         run_info["state_steps"] = int(state_match.group(1))
-    if config.get("trainer"):  # batches trained elsewhere (benchmarks/jax_train.py on a GPU)
+    # batches trained on several machines (benchmarks/jax_train.py on a GPU, then here, say): a
+    # list by batch range. ddcgan-train rewrites config.json, so a TF segment is this machine.
+    if config.get("trainer") or (first > 1 and isinstance(previous["machine"], list)):
         earlier = previous["machine"] if isinstance(previous["machine"], list) else [
             dict(previous["machine"], batches=f"1-{first - 1}")]
         # a re-ship of the same run replaces its own entry
-        earlier = [m for m in earlier if int(m["batches"].split("-")[0]) < first]
-        run_info["machine"] = earlier + [{"batches": f"{first}-{steps}", "device": config["device"],
-                                          "trainer": config["trainer"]}]
+        earlier = [dict(m) for m in earlier if int(m["batches"].split("-")[0]) < first]
+        if earlier and not same_run and first > 1:  # the shipped state's batches ran where its last segment did
+            earlier[-1]["batches"] = f"{earlier[-1]['batches'].split('-')[0]}-{first - 1}"
+        here = ({"device": config["device"], "trainer": config["trainer"]} if config.get("trainer")
+                else dict(this_machine(), trainer="ddcgan-train"))
+        run_info["machine"] = earlier + [{"batches": f"{first}-{steps}", **here}]
     bar = {"official_ddcgan_20_pairs": OFFICIAL} if has_bar else {}
     validation = {"protocol": previous["validation"].get("protocol"), "scenes": list(names), **bar,
                   **{(m.replace("average", "average_fusion_baseline") if m.startswith("average") else f"bn_{m}"):

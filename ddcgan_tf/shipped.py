@@ -31,6 +31,12 @@ def default_checkpoint(mode="vis-ir"):
     return path
 
 
+def this_machine():
+    """The manifest's description of the machine running this process."""
+    return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count()}
+
+
 def ship(checkpoint, mode, run_info=None, validation=None, root=CHECKPOINT_ROOT, bn_mode=None, stretch=None,
          state=None):
     """Copies a training checkpoint into root/mode as generator.h5, train_state.h5, manifest.json.
@@ -63,8 +69,7 @@ def ship(checkpoint, mode, run_info=None, validation=None, root=CHECKPOINT_ROOT,
     manifest = {"mode": mode, "model": model_config, "train": train_config,
                 "source_checkpoint": os.path.basename(checkpoint),
                 **({"state_checkpoint": os.path.basename(state)} if state != checkpoint else {}),
-                "machine": {"platform": platform.platform(), "processor": platform.processor() or
-                            platform.machine(), "cpu_count": os.cpu_count()},
+                "machine": this_machine(),
                 **(run_info or {}), "validation": validation or {}}
     write_text(os.path.join(out, MANIFEST_FILE), json.dumps(manifest, indent=2, sort_keys=True, default=float) + "\n")
     return out
