@@ -45,9 +45,7 @@ def main(argv):
     if FLAGS.demo:
         from ddcgan_tf.demo import run_demo
 
-        unused = [f"--{n}" for n in ("vis", "ir", "output", "vis_dir", "ir_dir", "mri", "pet", "tile")
-                  if FLAGS[n].value is not None]
-        unused += [f"--{n}" for n in ("resize", "colour") if FLAGS[n].value]
+        unused = given("vis", "ir", "output", "vis_dir", "ir_dir", "mri", "pet", "tile", "resize", "colour")
         unused += ["--mode"] if FLAGS.mode != "vis-ir" else []
         if unused:  # the demo fuses its own scene, whole, with the vis-ir weights
             raise InputError(", ".join(unused), "not used by --demo (it fuses a built-in scene; "
@@ -93,6 +91,11 @@ def main(argv):
         sys.exit(EXIT_BAD_INPUT)
 
 
+def given(*names):
+    """The flags among `names` that the command line set ("--name"; a boolean only when true)."""
+    return [f"--{n}" for n in names if FLAGS[n].value is not None and FLAGS[n].value is not False]
+
+
 def check_output_path(path):
     """An output image path must have a supported extension and an existing directory."""
     from ddcgan_tf import images
@@ -114,8 +117,7 @@ def fuse_pet_mri_cli():
     if FLAGS.colour:
         raise InputError("--colour", "is for a colour visible image (vis-ir mode); in pet-mri mode "
                                      "the PET's colour is kept through IHS")
-    ignored = [f"--{n}" for n in ("vis", "ir", "vis_dir", "ir_dir", "output_dir", "tile") if FLAGS[n].value is not None]
-    ignored += ["--resize"] if FLAGS.resize else []
+    ignored = given("vis", "ir", "vis_dir", "ir_dir", "output_dir", "tile", "resize")
     if ignored:  # rather than fuse whole, or at the given sizes, without saying so
         raise InputError(", ".join(ignored), "not supported in pet-mri mode (one pair: --mri, --pet, --output; "
                                              "the PET at 1/4 of the MRI size)")
