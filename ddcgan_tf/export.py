@@ -41,7 +41,7 @@ import tempfile
 import tensorflow as tf
 
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.images import LUMA_WEIGHTS
+from ddcgan_tf.images import LUMA_WEIGHTS, check_output_dir
 
 CONFIG_NAME = "ddcgan_config"
 CONFIG_FILE = os.path.join("assets.extra", CONFIG_NAME + ".json")
@@ -138,10 +138,7 @@ def export_saved_model(generator, output_dir, overwrite=False):
 
     output_dir = os.path.abspath(os.fspath(output_dir))
     parent = os.path.dirname(output_dir)
-    if not os.path.isdir(parent):
-        raise InputError(parent, "output directory does not exist")
-    if not os.access(parent, os.W_OK):
-        raise InputError(parent, "output directory is not writable")
+    check_output_dir(parent, create=True)  # `--output exported/ddcgan` makes exported/, as train makes runs/
     if os.path.lexists(output_dir) and not overwrite:
         raise InputError(output_dir, "already exists (pass --overwrite / overwrite=True to replace it)")
     if not generator.built:

@@ -8,7 +8,6 @@ any other infrared size is resampled bicubically to (H/s) x (W/s).
 """
 import os
 
-import numpy as np
 import tensorflow as tf
 
 from ddcgan_tf import images, ycbcr
@@ -30,15 +29,17 @@ class Fuser:
                                input_signature=(spec, spec), jit_compile=jit_compile)
 
     def prepare(self, vis, ir, resize=False, vis_name="visible image", ir_name="infrared image"):
-        """float32 arrays of valid sizes (the resize rule applied if asked); InputError otherwise."""
-        vis, ir = np.asarray(vis, np.float32), np.asarray(ir, np.float32)
+        """H x W float32 arrays in [0, 1] of valid sizes (the resize rule applied if asked) from
+        grey arrays (floats in [0, 1], or 8/16-bit integers, scaled); InputError otherwise."""
+        vis, ir = images.grey_array(vis, vis_name), images.grey_array(ir, ir_name)
         if resize:
             vis, ir = fit_sizes(vis, ir, self.scale)
         check_sizes(vis.shape, ir.shape, self.scale, vis_name, ir_name)
         return vis, ir
 
     def __call__(self, vis, ir, resize=False, vis_name="visible image", ir_name="infrared image"):
-        """vis (H, W) and ir (H/s, W/s) float arrays in [0, 1] -> fused (H, W) float32 in [0, 1]."""
+        """vis (H, W) and ir (H/s, W/s) grey arrays (floats in [0, 1], or uint8/uint16) -> fused
+        (H, W) float32 in [0, 1]."""
         vis, ir = self.prepare(vis, ir, resize, vis_name, ir_name)
         out = self._fn(vis[None, ..., None], ir[None, ..., None])
         return out.numpy()[0, ..., 0]

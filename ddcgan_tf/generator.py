@@ -100,8 +100,10 @@ class Generator(keras.Model):
                 "bn_mode": self.bn_mode, "stretch": self.stretch}
 
 
-def check_sizes(vis_shape, ir_shape, scale, vis_name="visible image", ir_name="infrared image"):
-    """Raises InputError unless vis is H x W and ir is (H/scale) x (W/scale), both large enough."""
+def check_sizes(vis_shape, ir_shape, scale, vis_name="visible image", ir_name="infrared image",
+                vis_kind="visible image", resize_hint=True):
+    """Raises InputError unless vis is H x W and ir is (H/scale) x (W/scale), both large enough.
+    vis_kind names the high-resolution image in the message; resize_hint: suggest --resize."""
     h, w = int(vis_shape[0]), int(vis_shape[1])
     ih, iw = int(ir_shape[0]), int(ir_shape[1])
     min_side = 2 * scale if scale > 1 else 4
@@ -109,7 +111,8 @@ def check_sizes(vis_shape, ir_shape, scale, vis_name="visible image", ir_name="i
         raise InputError(vis_name, f"is {w}x{h}; the network needs at least {min_side}x{min_side}")
     if h % scale or w % scale:
         raise InputError(vis_name, f"size {w}x{h} is not a multiple of the scale factor {scale} "
-                                   f"(crop it, or pass --resize)")
+                                   f"({'crop it, or pass --resize' if resize_hint else 'crop it'})")
     if (ih, iw) != (h // scale, w // scale):
+        fix = "pass --resize to resample it" if resize_hint else "resample it first"
         raise InputError(ir_name, f"is {iw}x{ih} but must be {w // scale}x{h // scale} "
-                                  f"(1/{scale} of the {w}x{h} visible image; pass --resize to resample it)")
+                                  f"(1/{scale} of the {w}x{h} {vis_kind}; {fix})")

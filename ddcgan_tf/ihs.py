@@ -70,10 +70,16 @@ def fuse_pet_mri(fuser, mri, pet, mri_name="MRI", pet_name="PET"):
 
     A grey PET (2-D array, or 3 equal channels) gives a grey output.
     """
-    mri = np.asarray(mri, np.float32)
-    pet = np.asarray(pet, np.float32)
-    if mri.ndim != 2:
-        raise InputError(mri_name, f"MRI must be a grey image, got shape {mri.shape}")
+    from ddcgan_tf.generator import check_sizes  # TensorFlow: as the fuser; the rest of this module is free of it
+
+    mri = images.grey_array(mri, mri_name)
+    pet = images.to_unit_float(pet, pet_name)
+    if pet.ndim == 3 and pet.shape[2] in (1, 4):  # grey with a channel axis; RGBA: alpha dropped
+        pet = pet[..., 0] if pet.shape[2] == 1 else pet[..., :3]
+    if not (pet.ndim == 2 or (pet.ndim == 3 and pet.shape[2] == 3)):
+        raise InputError(pet_name, f"is an array of shape {pet.shape}; expected a grey H x W or RGB H x W x 3 PET")
+    # sizes first, with advice that fits this mode (a full-size colour PET slice is common)
+    check_sizes(mri.shape, pet.shape, fuser.scale, mri_name, pet_name, vis_kind="MRI", resize_hint=False)
     colour = pet.ndim == 3 and not (np.allclose(pet[..., 0], pet[..., 1]) and np.allclose(pet[..., 1], pet[..., 2]))
     pet_i = intensity(pet) if pet.ndim == 3 else pet
     fused = fuser(mri, pet_i.astype(np.float32), vis_name=mri_name, ir_name=pet_name)

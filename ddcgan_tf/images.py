@@ -80,6 +80,18 @@ def to_unit_float(array, where="image"):
     raise InputError(where, f"unsupported pixel type {a.dtype}")
 
 
+def grey_array(array, where="image"):
+    """A grey image array -> H x W float32 in [0, 1]: integers scaled by their range, floats
+    checked (to_unit_float), a trailing channel of 1 dropped; InputError for any other shape."""
+    a = to_unit_float(array, where)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim != 2:
+        raise InputError(where, f"is an array of shape {a.shape}; expected a grey H x W image "
+                                f"(ddcgan_tf.ycbcr.luminance gives that of a colour one)")
+    return a
+
+
 def read_raw(path):
     """Reads an image file as stored (H x W or H x W x C); InputError on any failure."""
     path = os.fspath(path)

@@ -7,8 +7,10 @@ Layout written by `build_patch_set` (read by `ddcgan_tf.data`):
 
 Infrared downsampling (when the infrared image has the visible size) follows the official code:
 each full-resolution 84x84 infrared patch is reduced by `scipy.ndimage.zoom(patch, 1/s)`
-(cubic spline, order 3, then clipped to [0, 1]) - the official `train.py` does exactly this per
-batch. When the infrared image is already 1/s of the visible size (PET 64x64 with MRI
+(cubic spline, order 3), as the official `train.py` does per batch; we then clip to [0, 1],
+which it does not (a departure that keeps the stored layout an image: on the first 12 TNO
+infrared images, 6.5 % of patches differ, by up to 0.22 where the spline overshoots next to
+saturated hot regions). When the infrared image is already 1/s of the visible size (PET 64x64 with MRI
 256x256), patches are cut at aligned positions and the stride must be a multiple of s.
 """
 import json
@@ -28,7 +30,8 @@ RANGE_TOLERANCE = 1e-3  # rounding of computed inputs (e.g. a PET intensity) jus
 
 
 def downsample_ir(patch, scale):
-    """Official IR downsampling: scipy.ndimage.zoom(patch, 1/scale) (order 3), clipped to [0, 1]."""
+    """Official IR downsampling, scipy.ndimage.zoom(patch, 1/scale) (order 3), then clipped to
+    [0, 1] (the official train.py does not clip; see the module docstring)."""
     if scale == 1:
         return np.asarray(patch, np.float32)
     out = scipy.ndimage.zoom(np.asarray(patch, np.float64), 1.0 / scale)

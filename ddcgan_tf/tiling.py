@@ -56,7 +56,7 @@ import tensorflow as tf
 
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.fuse import Fuser
-from ddcgan_tf.generator import Generator, check_sizes
+from ddcgan_tf.generator import Generator
 from ddcgan_tf.layers import BatchNorm
 
 BATCH_STATS = ("global", "tile")
@@ -123,8 +123,7 @@ def fuse_tiled(fuser, vis, ir, tile=512, overlap=OVERLAP, batch_stats="global"):
     check_tile(tile, s, overlap)
     if batch_stats not in BATCH_STATS:
         raise ValueError(f"batch_stats must be one of {BATCH_STATS}, got {batch_stats!r}")
-    vis, ir = np.asarray(vis, np.float32), np.asarray(ir, np.float32)
-    check_sizes(vis.shape, ir.shape, s)
+    vis, ir = fuser.prepare(vis, ir)
     h, w = vis.shape
     if h <= tile and w <= tile:
         return fuser(vis, ir)

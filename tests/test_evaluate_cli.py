@@ -79,6 +79,24 @@ def test_evaluate_dirs_errors(dirs, tmp_path):
         evaluate_dirs(dirs["fused"], dirs["vis"], dirs["ir"], "paper")
 
 
+def test_sources_are_cropped_as_fuse_resize_cropped_them(dirs):
+    """README's pipeline: `ddcgan-fuse --resize` crops a 50x66 visible image (and a full-size
+    infrared one) to 48x64; ddcgan-evaluate then scores against the same crop, not an error.
+    A source larger by more than that crop is still refused."""
+    from ddcgan_tf.images import read_grey
+    rows, _ = evaluate_dirs(dirs["fused"], dirs["vis"], dirs["ir"])
+    vis = read_grey(os.path.join(dirs["vis"], "pair_a.png"))
+    bigger = np.pad(vis, ((0, 2), (0, 2)), mode="reflect")  # 50 x 66: crops back to 48 x 64
+    iio.imwrite(os.path.join(dirs["vis"], "pair_a.png"), np.rint(bigger * 255).astype(np.uint8))
+    cropped, _ = evaluate_dirs(dirs["fused"], dirs["vis"], dirs["ir"])
+    assert cropped[0].keys() == rows[0].keys()
+    assert all(cropped[0][k] == rows[0][k] or (math.isnan(cropped[0][k]) and math.isnan(rows[0][k]))
+               for k in rows[0] if k != "name")
+    iio.imwrite(os.path.join(dirs["vis"], "pair_a.png"), np.zeros((52, 64), np.uint8))
+    with pytest.raises(InputError, match="pair_a.png: is 52x64, larger than the fused image .* by more"):
+        evaluate_dirs(dirs["fused"], dirs["vis"], dirs["ir"])
+
+
 def test_a_triple_the_metrics_cannot_score_is_reported_with_its_file(dirs):
     """A 1-pixel-high image passes the reader but not AG (2 x 2 pixels at least): an InputError
     naming the fused file, and in a directory run the other triples are still scored."""

@@ -120,7 +120,7 @@ def test_moving_mode_export_and_config(generator_file, tmp_path):
     import tensorflow as tf
 
     g = load_generator(generator_file, bn_mode="moving")
-    out_dir = str(tmp_path / "moving")
+    out_dir = str(tmp_path / "exported" / "moving")  # README's --output exported/ddcgan: parents are made
     config = export_saved_model(g, out_dir)
     assert config["bn_mode"] == "moving" and read_config(out_dir) == config
     assert os.path.isfile(os.path.join(out_dir, CONFIG_FILE))

@@ -31,6 +31,25 @@ def test_fuser_handles_any_multiple_of_four_and_matches_the_model(generator_file
         np.testing.assert_allclose(out, direct, atol=1e-5)
 
 
+def test_fuser_reads_arrays_as_images_are_read_and_refuses_others(generator_file):
+    """A Jupyter user passes iio.imread arrays: 8/16-bit integers are scaled as read_grey scales
+    them (they were fused as 0..255 floats, a saturated image); floats outside [0, 1], NaN and
+    arrays that are not grey H x W images are refused in one line, not fused or a traceback."""
+    fuser = Fuser(load_generator(generator_file))
+    vis, ir = synthetic_pair(32, 48)
+    ir = ir[::4, ::4]
+    v8, i8 = np.round(vis * 255).astype(np.uint8), np.round(ir * 255).astype(np.uint8)
+    want = fuser(v8 / 255.0, i8 / 255.0)
+    np.testing.assert_array_equal(fuser(v8, i8), want)
+    np.testing.assert_allclose(fuser(v8.astype(np.uint16) * 257, i8.astype(np.uint16) * 257), want, atol=1e-6)
+    np.testing.assert_array_equal(fuser(v8[..., None] / 255.0, i8 / 255.0), want)  # H x W x 1
+    for bad_vis, problem in ((vis * 255, "must lie in \\[0, 1\\]"), (np.where(vis > 0.5, np.nan, vis), "NaN"),
+                             (np.stack([vis] * 3, -1), "shape \\(32, 48, 3\\); expected a grey"),
+                             (vis[None], "shape \\(1, 32, 48\\)")):
+        with pytest.raises(InputError, match=problem):
+            fuser(bad_vis, ir)
+
+
 def test_resize_rule_crops_and_downsamples(generator_file):
     vis, ir = synthetic_pair(66, 99)
     v, i = fit_sizes(vis, ir, 4)  # full-resolution IR of the same size

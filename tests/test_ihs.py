@@ -6,6 +6,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
+from ddcgan_tf.errors import InputError
 from ddcgan_tf.fuse import Fuser
 from ddcgan_tf.generator import Generator
 from ddcgan_tf.ihs import (SQRT3, chroma, fuse_pet_mri, hue_saturation, ihs_to_rgb, intensity,
@@ -47,6 +48,9 @@ def ramp_fuser(mri, pet_i, **names):
     return np.broadcast_to(np.linspace(0.02, 0.98, mri.shape[1], dtype=np.float32), mri.shape)
 
 
+ramp_fuser.scale = 4  # fuse_pet_mri checks sizes at the fuser's scale
+
+
 def test_pure_hue_pet_keeps_its_hue_after_fusion_with_a_flat_mri():
     for colour in ([0.9, 0.1, 0.1], [0.2, 0.7, 0.1], [0.3, 0.3, 0.9]):
         pet = np.broadcast_to(np.array(colour, np.float32), (16, 16, 3))
@@ -67,6 +71,24 @@ def test_grey_pet_gives_a_grey_output(fuser):
     # three equal channels count as grey too
     out3 = fuse_pet_mri(fuser, np.full((64, 64), 0.5, np.float32), np.repeat(pet[..., None], 3, -1))
     np.testing.assert_allclose(out3, out, atol=1e-6)
+
+
+def test_pet_and_mri_arrays_are_read_as_images_and_bad_ones_refused(fuser):
+    """uint8 arrays (iio.imread) are scaled as files are, an RGBA PET loses its alpha, and a
+    PET of the MRI's size (the Harvard colour slices are 256x256) gets advice this mode can
+    follow (it has no --resize)."""
+    rng = np.random.default_rng(4)
+    mri8, pet8 = rng.integers(0, 256, (64, 64), np.uint8), rng.integers(0, 256, (16, 16, 3), np.uint8)
+    want = fuse_pet_mri(fuser, mri8 / 255.0, pet8 / 255.0)
+    np.testing.assert_array_equal(fuse_pet_mri(fuser, mri8, pet8), want)
+    rgba = np.concatenate([pet8, np.full((16, 16, 1), 255, np.uint8)], -1)
+    np.testing.assert_array_equal(fuse_pet_mri(fuser, mri8, rgba), want)
+    with pytest.raises(InputError, match="must be 16x16 \\(1/4 of the 64x64 MRI; resample it first\\)$"):
+        fuse_pet_mri(fuser, mri8, rng.random((64, 64, 3)), pet_name="pet.png")
+    with pytest.raises(InputError, match="expected a grey H x W or RGB H x W x 3 PET"):
+        fuse_pet_mri(fuser, mri8, rng.random((16, 16, 2)))
+    with pytest.raises(InputError, match="must lie in"):
+        fuse_pet_mri(fuser, mri8 * 1.0, pet8 / 255.0)
 
 
 def test_intensity_is_fused_at_the_generator_scale(fuser):

@@ -18,6 +18,7 @@ import sys
 
 from absl import flags
 
+from ddcgan_tf import config as C
 from ddcgan_tf import metrics
 from ddcgan_tf.cli.common import run_main
 from ddcgan_tf.errors import InputError
@@ -104,18 +105,28 @@ def evaluate_dirs(fused_dir, vis_dir, ir_dir, convention=metrics.DEFAULT_CONVENT
 
 
 def _read_triple(fused_path, vis_path, ir_path):
-    fused, vis, ir = read_grey(fused_path), read_grey(vis_path), read_grey(ir_path)
-    for path, src in ((vis_path, vis), (ir_path, ir)):
-        if src.shape[0] > fused.shape[0] or src.shape[1] > fused.shape[1]:
-            raise InputError(path, f"is {src.shape[0]}x{src.shape[1]}, larger than the fused image "
-                                   f"{fused_path} ({fused.shape[0]}x{fused.shape[1]})")
-    return fused, vis, ir
+    """(fused, vis, ir) grey arrays. A source larger than the fused image by ddcgan-fuse
+    --resize's crop (bottom/right, to a multiple of the scale) is cropped the same way."""
+    fused = read_grey(fused_path)
+    fh, fw = fused.shape
+    sources = []
+    for path in (vis_path, ir_path):
+        src = read_grey(path)
+        h, w = src.shape
+        if h > fh or w > fw:
+            if (h - h % C.SCALE, w - w % C.SCALE) != (fh, fw):
+                raise InputError(path, f"is {h}x{w}, larger than the fused image {fused_path} ({fh}x{fw}) "
+                                       f"by more than ddcgan-fuse --resize crops")
+            src = src[:fh, :fw]
+        sources.append(src)
+    return (fused, *sources)
 
 
 def header_line(convention, n_pairs, n_upsampled):
     """One line stating the convention and the low-resolution handling."""
     line = (f"ddcgan-evaluate: convention={convention} ({metrics.CONVENTION_NOTES[convention]}); "
-            f"means over {n_pairs} pairs; sources smaller than the fused image upsampled bicubically "
+            f"means over {n_pairs} pairs; sources cropped as --resize crops them (bottom/right, to a "
+            f"multiple of {C.SCALE}); sources smaller than the fused image upsampled bicubically "
             f"(scipy.ndimage.zoom order=3) to the fused size ({n_upsampled} of {n_pairs} pairs)")
     if n_upsampled:
         line += ("; PSNR_lr/SSIM_lr: fused image average-pooled to the low-resolution grid vs the "
