@@ -91,7 +91,7 @@ def main():
               f"{1 / t:.0f} batches of {b} per second ({1000 * t:.1f} ms a batch)")
     data = (tf.constant(rng.random((b, 84, 84, 1), np.float32)),
             tf.constant(rng.random((b, 21, 21, 1), np.float32)))
-    cfg = C.get_preset("official", max_repeats=1)
+    cfg = C.get_preset("official", max_repeats=1, alternate_batches=False)  # all three nets a batch
     model = DDcGAN(official_decoder=bool(args.official_decoder))
     model.compile(train_config=cfg, steps_per_epoch=1000)
     pieces = DDcGAN(official_decoder=bool(args.official_decoder))
@@ -122,6 +122,20 @@ def main():
         first, t = timed(lambda: {k: v.numpy() for k, v in fn(data).items()}, max(1, args.repeats - 1))
         m.set_schedule(max_repeats=1, l_min=cfg.l_min)
         print(f"train step with one G repeat, batch {b}, {name:11s}: first {first:7.2f} s, steady {t:7.2f} s")
+
+    # the official alternation (the official preset's default): a D batch, then a G batch
+    alt = DDcGAN(official_decoder=bool(args.official_decoder))
+    alt.compile(train_config=C.get_preset("official", max_repeats=1), steps_per_epoch=1000)
+    alt_fn = tf.function(alt.train_step)
+    by_kind = {"D": [], "G": []}
+    for i in range(2 + 2 * args.repeats):  # the first two trace the two branches
+        t0 = time.perf_counter()
+        out = {k: v.numpy() for k, v in alt_fn(data).items()}
+        if i >= 2:
+            by_kind["G" if out["g_steps"] > 0 else "D"].append(time.perf_counter() - t0)
+    d_t, g_t = (float(np.median(by_kind[k])) for k in ("D", "G"))
+    print(f"train step, batch {b}, official alternation (tf.function): D batch {d_t:.2f} s, G batch "
+          f"{g_t:.2f} s, {(d_t + g_t) / 2:.2f} s a batch on average")
 
     gen = model.generator
     sizes = [(256, 256), (576, 768)] + ([] if args.quick else [(2048, 2048)])

@@ -42,6 +42,7 @@ from ddcgan_tf.checkpoint import latest_checkpoint, read_configs, resolve  # noq
 from ddcgan_tf.data import batch_stream, check_seed  # noqa: E402
 from ddcgan_tf.errors import InputError  # noqa: E402
 from ddcgan_tf.images import atomic_write  # noqa: E402
+from ddcgan_tf.record import JAX_TRAINER, add_segment, cpu_name, read_record, write_record  # noqa: E402
 
 NETS = ("generator", "dv", "di")
 OPTS = ("g", "g_adv", "dv", "di")
@@ -318,11 +319,16 @@ class Trainer:
 
     def _g_forward(self, st, P=None):
         """(losses dict, new state with BN statistics, (fused, fused_lr)) like DDcGAN._g_forward."""
+        fused, gS = self._gen(st, P)
+        fused_lr = downsample(fused, self.scale)
+        out, new = self._output_losses({**st, "generator_bn": gS}, fused, fused_lr)
+        return out, new, (fused, fused_lr)
+
+    def _output_losses(self, st, fused, fused_lr):
+        """(losses dict, new state with D's BN statistics) of a generator output: DDcGAN._output_losses."""
         jnp = _jax()[1]
         cfg = self.cfg
         vis, ir = st["_batch"]
-        fused, gS = self._gen(st, P)
-        fused_lr = downsample(fused, self.scale)
         dv_fake, dvS = discriminator(st["dv"], st["dv_bn"], fused)
         di_fake, diS = discriminator(st["di"], st["di_bn"], fused_lr)
         dv_real, dvS = discriminator(st["dv"], dvS, vis)
@@ -335,8 +341,7 @@ class Trainer:
                "dv_loss": d_loss(dv_real, dv_fake), "di_loss": d_loss(di_real, di_fake),
                "dv_real": jnp.mean(dv_real), "dv_fake": jnp.mean(dv_fake),
                "di_real": jnp.mean(di_real), "di_fake": jnp.mean(di_fake)}
-        new = {**st, "generator_bn": gS, "dv_bn": dvS, "di_bn": diS}
-        return out, new, (fused, fused_lr)
+        return out, {**st, "dv_bn": dvS, "di_bn": diS}
 
     def _d_loss(self, st, net, P, real, fake):
         """-E log D(real) - E log(1 - D(fake)); D's BN statistics updated by both calls."""
@@ -388,21 +393,24 @@ class Trainer:
         cfg = self.cfg
         st = {**st, "_batch": (vis, ir)}
         n_max = jnp.float32(cfg.max_repeats)
-        one = jnp.float32(1.0)
+        one, zero = jnp.float32(1.0), jnp.float32(0.0)
 
-        # 1. Dv, Di and G once each.
-        fused, gS = self._gen(st)
-        st = {**st, "generator_bn": gS}
-        fused = lax.stop_gradient(fused)
-        fused_lr = downsample(fused, self.scale)
-        st = self._d_update(st, "dv", vis, fused)
-        st = self._d_update(st, "di", ir, fused_lr)
-        st = self._g_update(st, "g", "g_loss")
-        out, st, (fused, fused_lr) = self._g_forward(st)
-        fused, fused_lr = lax.stop_gradient(fused), lax.stop_gradient(fused_lr)
-        g_max = jnp.float32(cfg.g_max) * (out["g_loss"] if cfg.g_max_relative else 1.0)
+        def d_updates(st):
+            """One Dv and one Di step on one generator output -> (state, (fused, fused_lr))."""
+            fused, gS = self._gen(st)
+            st = {**st, "generator_bn": gS}
+            fused = lax.stop_gradient(fused)
+            fused_lr = downsample(fused, self.scale)
+            st = self._d_update(st, "dv", vis, fused)
+            return self._d_update(st, "di", ir, fused_lr), (fused, fused_lr)
 
-        # 2. Discriminators repeat while losing (on the output of the forward pass above).
+        def first_g(st):
+            """One G step on L_G -> (state, losses after it, the output they came from)."""
+            st = self._g_update(st, "g", "g_loss")
+            out, st, fakes = self._g_forward(st)
+            return st, out, tuple(lax.stop_gradient(f) for f in fakes)
+
+        # 2. Discriminators repeat while losing (on the output of the forward pass before).
         def repeat_d(st, net, real, fake, loss):
             def body(c):
                 st, _, steps = c
@@ -411,8 +419,11 @@ class Trainer:
                 return {**st, net + "_bn": S}, loss, steps + 1
             return lax.while_loop(lambda c: (c[1] > cfg.l_max) & (c[2] < n_max), body, (st, loss, one))
 
-        st, out["dv_loss"], dv_steps = repeat_d(st, "dv", vis, fused, out["dv_loss"])
-        st, out["di_loss"], di_steps = repeat_d(st, "di", ir, fused_lr, out["di_loss"])
+        def repeat_ds(st, out, fakes):
+            out = dict(out)
+            st, out["dv_loss"], dv_steps = repeat_d(st, "dv", vis, fakes[0], out["dv_loss"])
+            st, out["di_loss"], di_steps = repeat_d(st, "di", ir, fakes[1], out["di_loss"])
+            return st, out, dv_steps, di_steps
 
         # 3-4. G repeats: adversarial while a D wins clearly, then full while L_G > L_Gmax.
         def repeat_g(st, out, steps, opt, key, keep_going):
@@ -423,9 +434,31 @@ class Trainer:
                 return st, out, steps + 1
             return lax.while_loop(lambda c: keep_going(c[1]) & (c[2] < n_max), body, (st, out, steps))
 
-        st, out, g_steps = repeat_g(st, out, one, "g_adv", "g_adv",
-                                    lambda o: (o["dv_loss"] < cfg.l_min) | (o["di_loss"] < cfg.l_min))
-        st, out, g_steps = repeat_g(st, out, g_steps, "g", "g_loss", lambda o: o["g_loss"] > g_max)
+        def repeat_gs(st, out):
+            g_max = jnp.float32(cfg.g_max) * (out["g_loss"] if cfg.g_max_relative else 1.0)
+            st, out, g_steps = repeat_g(st, out, one, "g_adv", "g_adv",
+                                        lambda o: (o["dv_loss"] < cfg.l_min) | (o["di_loss"] < cfg.l_min))
+            return repeat_g(st, out, g_steps, "g", "g_loss", lambda o: o["g_loss"] > g_max)
+
+        if cfg.alternate_batches:  # official `if batch % 2 == 0`: D batches and G batches
+            def d_batch(st):
+                st, fakes = d_updates(st)
+                out, st = self._output_losses(st, *fakes)
+                st, out, dv_steps, di_steps = repeat_ds(st, out, fakes)
+                return st, out, dv_steps, di_steps, zero
+
+            def g_batch(st):
+                st, out, _ = first_g(st)
+                st, out, g_steps = repeat_gs(st, out)
+                return st, out, zero, zero, g_steps
+
+            index = st["batch_count"] % self.spe
+            st, out, dv_steps, di_steps, g_steps = lax.cond(index % 2 == 0, d_batch, g_batch, st)
+        else:  # 1. Dv, Di and G once each, then the repeats
+            st, _ = d_updates(st)
+            st, out, fakes = first_g(st)
+            st, out, dv_steps, di_steps = repeat_ds(st, out, fakes)
+            st, out, g_steps = repeat_gs(st, out)
 
         st = {k: v for k, v in st.items() if k != "_batch"}
         st["batch_count"] = st["batch_count"] + 1
@@ -472,24 +505,19 @@ def train(args):
     step = int(state["batch_count"])
     new_attrs = {"model_config": attrs["model_config"], "train_config": cfg.to_json(),
                  "steps_per_epoch": spe}
-    config_path = os.path.join(args.model_dir, "config.json")
-    record = {}
-    if os.path.exists(config_path):  # this run's, or the ddcgan-train run it goes on with
-        with open(config_path) as f:
-            record = json.load(f)
+    record = read_record(args.model_dir)  # this run's, or the ddcgan-train run it goes on with
     # the data seed: given, else the run's recorded one, else 0 (this script's old default)
     seed = check_seed(args.seed if args.seed is not None else record.get("seed", 0))
+    device = jax.devices()[0]
+    here = {"trainer": JAX_TRAINER, "device": cpu_name() if device.platform == "cpu" else device.device_kind,
+            "strategy": "jax", "replicas": 1, "mixed_precision": "float32"}
     if not record:
         record = {"batch_size": args.batch_size, "data": os.path.abspath(args.data),
                   "init_from": None, "started_from": os.path.abspath(args.init),
-                  "mixed_precision": "float32", "model": model_config, "patches": n,
-                  "replicas": 1, "steps_per_epoch": spe, "strategy": "jax",
-                  "trainer": "benchmarks/jax_train.py", "device": f"{jax.devices()[0]} ({jax.devices()[0].device_kind})",
-                  "train": cfg.to_dict()}
-    if record.get("seed") != seed or not os.path.exists(config_path):
-        record["seed"] = seed
-        with open(config_path, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=True)
+                  "model": model_config, "patches": n, "steps_per_epoch": spe, "train": cfg.to_dict()}
+    # batches step + 1.. run here: a segment, so a resume by either trainer keeps the history
+    write_record(args.model_dir, {**record, **here, "seed": seed,
+                                  "segments": add_segment(record, step + 1, **here)})
     trainer = Trainer(cfg, spe, official_decoder=model_config.get("official_decoder", True))
     vis_dev, ir_dev, scale_v = jnp.asarray(vis_all), jnp.asarray(ir_all), jnp.float32(vmax)
 

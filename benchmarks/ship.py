@@ -23,6 +23,7 @@ import numpy as np
 
 from ddcgan_tf.callbacks import read_step_log
 from ddcgan_tf.checkpoint import PATTERN, warm_start_file
+from ddcgan_tf.record import TF_TRAINER, batch_ranges, segments
 from ddcgan_tf.shipped import CHECKPOINT_ROOT, MANIFEST_FILE, ship, this_machine
 from validate_tno import HELD_OUT, NAMES_HELP, OFFICIAL, SHARED, TNO, resolve_names, table, validate
 
@@ -41,6 +42,32 @@ def training_seconds(logged, after_step):
         return 0.0
     typical = float(np.median(gaps))
     return float(np.sum(np.where(gaps > 600, typical, gaps)) + typical)
+
+
+def machine_history(config, previous_machine, first, steps, same_run):
+    """The manifest's `machine`: which trainer on which device ran batches 1..steps, by range.
+
+    This run's batches, from `first` (its first logged batch), come from its config.json
+    segments (ddcgan_tf.record); a record older than segments names one trainer for the run
+    (the JAX trainer's `trainer`/`device`, else ddcgan-train here). A run that goes on with the
+    shipped one (first > 1: the same run, or resumed from its train_state.h5) keeps the replaced
+    manifest's entries before `first`; resumed from the state (not `same_run`), the last of those
+    is extended to first - 1, since the state's batches ran where its last segment did."""
+    if "segments" in config:
+        segs = segments(config)
+    else:
+        where = ({"trainer": config["trainer"], "device": config.get("device")} if config.get("trainer")
+                 else dict(this_machine(), trainer=TF_TRAINER))
+        segs = [{"first_batch": first, **where}]
+    earlier = []
+    if first > 1:
+        earlier = previous_machine if isinstance(previous_machine, list) else [
+            dict(previous_machine, batches=f"1-{first - 1}")]
+        # a re-ship of the same run replaces its own entries
+        earlier = [dict(m) for m in earlier if int(m["batches"].split("-")[0]) < first]
+        if earlier and not same_run:
+            earlier[-1]["batches"] = f"{earlier[-1]['batches'].split('-')[0]}-{first - 1}"
+    return earlier + batch_ranges(segs, steps)
 
 
 def main():
@@ -118,18 +145,7 @@ def main():
         if not state_match or int(state_match.group(1)) < steps:
             ap.error(f"{args.state}: not a ckpt-<batch>.h5 of this run at or after batch {steps}")
         run_info["state_steps"] = int(state_match.group(1))
-    # batches trained on several machines (benchmarks/jax_train.py on a GPU, then here, say): a
-    # list by batch range. ddcgan-train rewrites config.json, so a TF segment is this machine.
-    if config.get("trainer") or (first > 1 and isinstance(previous["machine"], list)):
-        earlier = previous["machine"] if isinstance(previous["machine"], list) else [
-            dict(previous["machine"], batches=f"1-{first - 1}")]
-        # a re-ship of the same run replaces its own entry
-        earlier = [dict(m) for m in earlier if int(m["batches"].split("-")[0]) < first]
-        if earlier and not same_run and first > 1:  # the shipped state's batches ran where its last segment did
-            earlier[-1]["batches"] = f"{earlier[-1]['batches'].split('-')[0]}-{first - 1}"
-        here = ({"device": config["device"], "trainer": config["trainer"]} if config.get("trainer")
-                else dict(this_machine(), trainer="ddcgan-train"))
-        run_info["machine"] = earlier + [{"batches": f"{first}-{steps}", **here}]
+    run_info["machine"] = machine_history(config, previous["machine"], first, steps, same_run)
     bar = {"official_ddcgan_20_pairs": OFFICIAL} if has_bar else {}
     validation = {"protocol": previous["validation"].get("protocol"), "scenes": list(names), **bar,
                   **{(m.replace("average", "average_fusion_baseline") if m.startswith("average") else f"bn_{m}"):

@@ -56,6 +56,10 @@ class TrainConfig:
     clip_value: float | None = 8.0       # clip every trainable weight to [-c, c] after each update
     rmsprop_initial_accumulator: float = 1.0  # TF1 RMSProp starts its mean square at 1, Keras at 0
     update_bn_statistics: bool = True    # official never ran BN's moving-average updates
+    # official: Dv and Di train on the even batches of each epoch, G on the odd ones (`if batch %
+    # 2 == 0`); False: all three on every batch. The default is False because runs recorded
+    # before this field existed trained that way; both presets set it.
+    alternate_batches: bool = False
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -65,17 +69,20 @@ class TrainConfig:
 
 
 _PRESETS = {
-    # hanna-xu/DDcGAN multi-resolution train.py: LEARNING_RATE 2e-4, DECAY_RATE 0.9,
-    # G_loss = G_loss_GAN + 0.8 * (LOSS_IR + 1.2 * LOSS_VIS), d > 1.9, d < 1.0, g > 200, clip 8.
-    ("official", 4): dict(),
-    # same-resolution / PET-MRI train.py: G_loss_GAN + 0.6 * (LOSS_IR / 16 + 1.2 * LOSS_VIS),
-    # d > 1.7, d < 1.4, g > 200.
-    ("official", 1): dict(content_weight=0.6, ir_weight=1.0 / 16, l_max=1.7, l_min=1.4),
+    # hanna-xu/DDcGAN train.py with rc = 4 (the stored copy: "PET-MRI image fusion/train.py" at
+    # a778c74): LEARNING_RATE 2e-4, DECAY_RATE 0.9, G_loss = G_loss_GAN + 0.8 * (LOSS_IR + 1.2 *
+    # LOSS_VIS), d > 1.9, d < 1.0, g > 200, clip 8; D on even batches, G on odd ones.
+    ("official", 4): dict(alternate_batches=True),
+    # same-resolution train.py (cac62eb): G_loss_GAN + 0.6 * (LOSS_IR / 16 + 1.2 * LOSS_VIS),
+    # d > 1.7, d < 1.4, g > 200; the same alternation.
+    ("official", 1): dict(content_weight=0.6, ir_weight=1.0 / 16, l_max=1.7, l_min=1.4,
+                          alternate_batches=True),
     # Paper Sec. IV-A / Algorithm 1: lr 2e-3 decayed by 0.75 per epoch, lambda 0.5, eta 1.2,
-    # L_max 1.8, L_min 1.2, L_Gmax = 0.8 L_G, I_max 20; no clipping is mentioned.
+    # L_max 1.8, L_min 1.2, L_Gmax = 0.8 L_G, I_max 20; no clipping is mentioned; every net
+    # trains on every batch.
     ("paper", 4): dict(learning_rate=2e-3, lr_decay_rate=0.75, decay_counts="batches",
                        content_weight=0.5, grad_weight=1.2, l_max=1.8, l_min=1.2,
-                       g_max=0.8, g_max_relative=True, clip_value=None),
+                       g_max=0.8, g_max_relative=True, clip_value=None, alternate_batches=False),
 }
 _PRESETS[("paper", 1)] = _PRESETS[("paper", 4)]
 PRESETS = ("official", "paper")

@@ -1,6 +1,6 @@
 """DDcGAN: G, Dv and Di trained by the adaptive alternating schedule (paper Algorithm 1).
 
-`DDcGAN.train_step` runs one batch of the official schedule entirely in the graph:
+`DDcGAN.train_step` runs one batch of the schedule entirely in the graph:
 
   1. one SGD step of Dv, one of Di, one RMSProp step of G on the full loss L_G;
   2. while L_Dv > L_max (and fewer than I_max Dv steps): another Dv step; the same for Di;
@@ -8,11 +8,17 @@
      adversarial loss alone (official `G_GAN_solver`, an RMSProp of its own);
   4. while L_G > L_Gmax (and fewer than I_max G steps in all): a G step on L_G.
 
+With `alternate_batches` (the official preset; official train.py `if batch % 2 == 0:`, batch
+being the index within the epoch) a batch of even index runs only the D parts (the Dv and Di
+steps of 1, then 2) and a batch of odd index only the G parts (the G step of 1, then 3 and 4),
+chosen in the graph (`tf.cond` on the batch counter). Without it (the paper preset) every batch
+runs all four.
+
 Every loss that decides a repeat is recomputed after the step before it, as the official
 `sess.run` calls do; the D steps of one phase share one generator output (G does not change
 during them), and phase 2 takes it from the forward pass that evaluated the losses after
-the G step, so a batch costs three G forward passes and one backward pass when nothing
-repeats. The step returns g_loss, g_adv, ir_loss, grad_loss, dv_loss, di_loss, the mean
+step 1, so a batch of all four costs three G forward passes and one backward pass when nothing
+repeats (alternating: a D batch one forward pass, a G batch two and a backward pass). The step returns g_loss, g_adv, ir_loss, grad_loss, dv_loss, di_loss, the mean
 D scores (dv_real, dv_fake, di_real, di_fake), dv_steps, di_steps, g_steps and lr. The repeats
 are `tf.while_loop`s, so with `fit` there is no Python-side sync per step. Every optimizer
 step reads the learning rate
@@ -213,21 +219,25 @@ class DDcGAN(keras.Model):
 
     def _g_forward(self, vis, ir):
         """(_g_losses, the generator's output and its psi, gradient-free) from one G forward pass."""
-        cfg = self.train_config
         fused = self._generate(vis, ir)
         fused_lr = losses.downsample(fused, self.scale)
+        return self._output_losses(vis, ir, fused, fused_lr), (tf.stop_gradient(fused), tf.stop_gradient(fused_lr))
+
+    def _output_losses(self, vis, ir, fused, fused_lr):
+        """Every loss and the mean discriminator scores of a generator output (official `sess.run(
+        [G_loss, D1_loss, D2_loss])`)."""
+        cfg = self.train_config
         dv_fake, di_fake = self.dv(fused, training=True), self.di(fused_lr, training=True)
         dv_real, di_real = self.dv(vis, training=True), self.di(ir, training=True)
         g_adv = losses.generator_adversarial(dv_fake, di_fake)
         ir_term, grad_term = losses.content_terms(fused, vis, ir, self.scale)
         g_loss = losses.generator_loss(g_adv, ir_term, grad_term, cfg.content_weight,
                                        cfg.grad_weight, cfg.ir_weight)
-        out = {"g_loss": g_loss, "g_adv": g_adv, "ir_loss": ir_term, "grad_loss": grad_term,
-               "dv_loss": losses.discriminator_loss(dv_real, dv_fake),
-               "di_loss": losses.discriminator_loss(di_real, di_fake),
-               "dv_real": tf.reduce_mean(dv_real), "dv_fake": tf.reduce_mean(dv_fake),
-               "di_real": tf.reduce_mean(di_real), "di_fake": tf.reduce_mean(di_fake)}
-        return out, (tf.stop_gradient(fused), tf.stop_gradient(fused_lr))
+        return {"g_loss": g_loss, "g_adv": g_adv, "ir_loss": ir_term, "grad_loss": grad_term,
+                "dv_loss": losses.discriminator_loss(dv_real, dv_fake),
+                "di_loss": losses.discriminator_loss(di_real, di_fake),
+                "dv_real": tf.reduce_mean(dv_real), "dv_fake": tf.reduce_mean(dv_fake),
+                "di_real": tf.reduce_mean(di_real), "di_fake": tf.reduce_mean(di_fake)}
 
     def _repeat_d(self, disc, optimizer, loss_fn, data, loss, steps):
         """Step 2 for one discriminator: repeat while its loss > L_max, up to I_max steps."""
@@ -286,42 +296,76 @@ class DDcGAN(keras.Model):
     def train_step(self, data):
         """One batch of the adaptive schedule; returns the losses and the steps of each net."""
         vis, ir = data[0], data[1]
-        cfg = self.train_config
-        one = tf.constant(1.0)
+        one, zero = tf.constant(1.0), tf.constant(0.0)
+        if self.train_config.alternate_batches:
+            # official: `if batch % 2 == 0` (batch: the index within the epoch) trains Dv and Di
+            # (steps 1-2), else G (steps 1, 3-4)
+            d_batch = tf.equal(tf.math.floormod(tf.math.floormod(self.batch_count, self.steps_per_epoch), 2), 0)
 
-        # 1. Dv, Di and G once each (official: D1_solver, D2_solver, G_solver).
-        out, fakes = self._compiled("first", self._first_steps)(vis, ir)
-        g_max = self.schedule["g_max"] * (out["g_loss"] if cfg.g_max_relative else 1.0)
+            def d_batch_fn():
+                out, fakes = self._compiled("first_d", self._first_d_steps)(vis, ir)
+                return (*self._repeat_ds(vis, ir, out, fakes), zero)
 
-        # 2. Discriminators repeat while they are losing. G is fixed during them, so they all use
-        #    the output of the forward pass that evaluated the losses above (no second G pass).
-        out["dv_loss"], dv_steps = self._repeat_d(self.dv, self.dv_optimizer, self._dv_loss,
-                                                  (vis, *fakes), out["dv_loss"], one)
-        out["di_loss"], di_steps = self._repeat_d(self.di, self.di_optimizer, self._di_loss,
-                                                  (ir, *fakes), out["di_loss"], one)
+            def g_batch_fn():
+                out = self._compiled("first_g", self._first_g_step)(vis, ir)
+                out, g_steps = self._repeat_gs(vis, ir, out, one)
+                return out, zero, zero, g_steps
 
-        # 3. Adversarial G steps while a discriminator is winning too clearly.
-        out, g_steps = self._repeat_g(
-            self.g_adv_optimizer, "g_adv", vis, ir, out, one,
-            lambda o: tf.logical_or(o["dv_loss"] < self.schedule["l_min"],
-                                    o["di_loss"] < self.schedule["l_min"]))
-        # 4. Full G steps while L_G is too large.
-        out, g_steps = self._repeat_g(self.g_optimizer, "g_loss", vis, ir, out, g_steps,
-                                      lambda o: o["g_loss"] > g_max)
-
+            out, dv_steps, di_steps, g_steps = tf.cond(d_batch, d_batch_fn, g_batch_fn)
+        else:
+            # 1. Dv, Di and G once each (official: D1_solver, D2_solver, G_solver).
+            out, fakes = self._compiled("first", self._first_steps)(vis, ir)
+            out, dv_steps, di_steps = self._repeat_ds(vis, ir, out, fakes)
+            out, g_steps = self._repeat_gs(vis, ir, out, one)
         self.batch_count.assign_add(1)
         out.update(dv_steps=dv_steps, di_steps=di_steps, g_steps=g_steps, lr=self.learning_rate())
         return out
 
-    def _first_steps(self, vis, ir):
-        """Step 1 -> (the losses after it, averaged; the generator output they were taken from)."""
+    def _repeat_ds(self, vis, ir, out, fakes):
+        """2. Discriminators repeat while they are losing. G is fixed during them, so they all use
+        the output of the forward pass that evaluated `out` (no second G pass)."""
+        one = tf.constant(1.0)
+        out = dict(out)
+        out["dv_loss"], dv_steps = self._repeat_d(self.dv, self.dv_optimizer, self._dv_loss,
+                                                  (vis, *fakes), out["dv_loss"], one)
+        out["di_loss"], di_steps = self._repeat_d(self.di, self.di_optimizer, self._di_loss,
+                                                  (ir, *fakes), out["di_loss"], one)
+        return out, dv_steps, di_steps
+
+    def _repeat_gs(self, vis, ir, out, g_steps):
+        """3. Adversarial G steps while a discriminator is winning too clearly; 4. full G steps
+        while L_G is too large. `out`: the losses after the batch's first G step."""
+        g_max = self.schedule["g_max"] * (out["g_loss"] if self.train_config.g_max_relative else 1.0)
+        out, g_steps = self._repeat_g(
+            self.g_adv_optimizer, "g_adv", vis, ir, out, g_steps,
+            lambda o: tf.logical_or(o["dv_loss"] < self.schedule["l_min"],
+                                    o["di_loss"] < self.schedule["l_min"]))
+        return self._repeat_g(self.g_optimizer, "g_loss", vis, ir, out, g_steps,
+                              lambda o: o["g_loss"] > g_max)
+
+    def _d_updates(self, vis, ir):
+        """One Dv and one Di step on one generator output -> that output (fused, psi(fused))."""
         fakes = self._replicas(self._fakes, vis, ir)
         self._update(self.dv_optimizer, self.dv.trainable_variables, self._dv_loss, vis, *fakes)
         self._update(self.di_optimizer, self.di.trainable_variables, self._di_loss, ir, *fakes)
+        return fakes
+
+    def _first_steps(self, vis, ir):
+        """Step 1 -> (the losses after it, averaged; the generator output they were taken from)."""
+        self._d_updates(vis, ir)
+        return self._first_g_step(vis, ir, fakes=True)
+
+    def _first_d_steps(self, vis, ir):
+        """Step 1 of a D batch (alternate_batches) -> (the losses after it; the output of G)."""
+        fakes = self._d_updates(vis, ir)
+        return self._mean(self._replicas(self._output_losses, vis, ir, *fakes)), fakes
+
+    def _first_g_step(self, vis, ir, fakes=False):
+        """One G step on L_G -> the losses after it (and, with fakes, the output they came from)."""
         self._update(self.g_optimizer, self.generator.trainable_variables,
                      lambda v, i: self._g_losses(v, i)["g_loss"], vis, ir)
-        out, fakes = self._replicas(self._g_forward, vis, ir)
-        return self._mean(out), fakes
+        out, output = self._replicas(self._g_forward, vis, ir)
+        return (self._mean(out), output) if fakes else self._mean(out)
 
     def test_step(self, data):
         vis, ir = data[0], data[1]

@@ -16,6 +16,7 @@ from ddcgan_tf.data import PatchSet, batch_stream, batches_per_epoch, check_seed
 from ddcgan_tf.ddcgan import DDcGAN
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.images import check_output_dir, probe_writable, write_text
+from ddcgan_tf.record import TF_TRAINER, add_segment, cpu_name, read_record, write_record
 
 SCALES = (1, 2, 4, 8)
 
@@ -82,7 +83,9 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     training starts or, when a checkpoint/log write fails later, as soon as it fails (the previous
     checkpoints stay intact); a NaN/Inf loss raises TrainingDiverged, keeping the last good
     checkpoint. A run killed at any moment resumes from its newest complete checkpoint; the
-    step log is trimmed to that checkpoint so each step appears once.
+    step log is trimmed to that checkpoint so each step appears once. model_dir/config.json
+    (`ddcgan_tf.record`) holds the settings, the data seed and, per start, the trainer and
+    device that ran the batches from there (`segments`; the JAX trainer adds its own).
 
     strategy: "mirrored" / "multiworker" train replicated (batch_size is the global batch; the
     losses are averaged over it and every replica takes the same schedule decisions). With
@@ -135,8 +138,8 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     model_options = dict(scale=scale, patch_size=patches.patch, official_decoder=official_decoder,
                          bn_mode=bn_mode)
     latest, stored_model, stored_train = manager.latest_readable()
-    config_path = os.path.join(model_dir, "config.json")
-    stored_seed = _read_json(config_path).get("seed") if latest else None
+    stored = read_record(model_dir) if latest else {}
+    stored_seed = stored.get("seed")
     try:
         stored_seed = None if stored_seed is None else check_seed(stored_seed)
     except InputError:  # a damaged record: the run goes on with a new seed
@@ -151,10 +154,11 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     if latest:
         mismatch = {k: (stored_model.get(k), v) for k, v in model_options.items()
                     if stored_model.get(k) != v}
-        if mismatch or (stored_train and stored_train != cfg.to_dict()):
+        differ = _train_differences(stored_train, cfg)
+        if mismatch or differ:
             raise InputError(model_dir, f"holds a run with other settings "
-                                        f"({mismatch or 'training preset/overrides differ'}); "
-                                        f"use a new --model_dir")
+                                        f"({mismatch or differ}: the run's, then this call's); "
+                                        f"resume with the run's settings or use a new --model_dir")
         stored_epoch = read_steps_per_epoch(latest)
         if stored_epoch is not None and stored_epoch != steps_per_epoch:
             raise InputError(model_dir, f"holds a run with {stored_epoch} batches per epoch, but {data} in "
@@ -172,7 +176,7 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     if restored:
         if init_from is not None:
             log(f"--init_from ignored: {model_dir} holds a run, which resumes")
-        init_from = _read_json(config_path).get("init_from")  # keep the record across resumes
+        init_from = stored.get("init_from")  # keep the record across resumes
     elif init_from is not None:
         loaded = load_networks(model, init_from)
         init_from = os.path.abspath(init_from)
@@ -183,11 +187,12 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         f"{len(patches)} patches, {steps_per_epoch} batches per epoch; data seed {seed}")
     chief = is_chief()
     if chief:  # only the chief writes (MultiWorkerMirroredStrategy)
-        _write_json(config_path,
-                    {"model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
-                     "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch,
-                     "seed": seed, "strategy": strategy, "replicas": distribution.num_replicas_in_sync,
-                     "mixed_precision": mixed_precision or "float32", "init_from": init_from})
+        here = {"trainer": TF_TRAINER, "device": device_name(), "strategy": strategy,
+                "replicas": distribution.num_replicas_in_sync, "mixed_precision": mixed_precision or "float32"}
+        write_record(model_dir, {
+            **here, "model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
+            "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch,
+            "seed": seed, "init_from": init_from, "segments": add_segment(stored, done + 1, **here)})
     step_log = os.path.join(model_dir, "steps.jsonl")
     if chief:  # a killed run may have logged past its checkpoint
         cb.trim_step_log(step_log, done, write_text)
@@ -229,15 +234,23 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     return model
 
 
-def _read_json(path):
-    """A previous run's config.json as a dict ({} when missing or unreadable: it is a record only)."""
-    try:
-        with open(path) as f:
-            obj = json.load(f)
-    except (OSError, ValueError):
+def _train_differences(stored, cfg):
+    """{field: (the run's value, cfg's)} for the training settings a resume would change. A field
+    missing from an older checkpoint counts as TrainConfig's default (what that run did)."""
+    if not stored:
         return {}
-    return obj if isinstance(obj, dict) else {}
+    try:
+        stored = C.TrainConfig(**stored).to_dict()
+    except TypeError:  # a field this version does not know
+        pass
+    now = cfg.to_dict()
+    return {k: (stored.get(k), now.get(k)) for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)}
 
 
-def _write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str))
+def device_name():
+    """What trains here: the first GPU's name (the default strategy's device; --strategy mirrored
+    uses `replicas` of them), else the CPU's."""
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        return tf.config.experimental.get_device_details(gpus[0]).get("device_name", gpus[0].name)
+    return cpu_name()

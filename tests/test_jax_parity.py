@@ -66,23 +66,27 @@ def _assert_states_match(before, tf_groups, jax_groups, tol, floor=1e-5):
 # Measured (L2 norm of the TF/JAX difference over each variable's change, TF's default path):
 # no repeat: median 0.03 %, worst 0.3 %; with 3 forced repeats: medians 0.04-0.7 %, worst 3-8.5 %
 # (first generator layers and their RMSProp slots; the ReLU-kink jumps compound over the steps).
-@pytest.mark.parametrize("preset,schedule,expected_steps,tol", [
-    # one Dv, one Di, one G step
-    ("official", dict(l_max=10.0, l_min=0.0, g_max=1e9, max_repeats=1), (1, 1, 1), 0.01),
-    # every D repeats to I_max, then adversarial G steps to I_max (phase 3)
-    ("official", dict(l_max=0.0, l_min=10.0, g_max=1e9, max_repeats=3), (3, 3, 3), 0.15),
-    # no D repeat; full-loss G steps (phase 4) until I_max
-    ("official", dict(l_max=10.0, l_min=0.0, g_max=0.0, max_repeats=3), (1, 1, 3), 0.15),
+@pytest.mark.parametrize("preset,schedule,batch,expected_steps,tol", [
+    # every net on every batch: one Dv, one Di, one G step
+    ("official", dict(l_max=10.0, l_min=0.0, g_max=1e9, max_repeats=1, alternate_batches=False), 5,
+     (1, 1, 1), 0.01),
+    # the official alternation, a D batch (index 0 in the epoch): every D repeats to I_max, no G step
+    ("official", dict(l_max=0.0, l_min=10.0, g_max=1e9, max_repeats=3), SPE, (3, 3, 0), 0.15),
+    # ... a G batch (index 5): adversarial G steps to I_max (phase 3), no D step
+    ("official", dict(l_max=0.0, l_min=10.0, g_max=1e9, max_repeats=3), 5, (0, 0, 3), 0.15),
+    # every net on every batch, no D repeat; full-loss G steps (phase 4) until I_max
+    ("official", dict(l_max=10.0, l_min=0.0, g_max=0.0, max_repeats=3, alternate_batches=False), 5,
+     (1, 1, 3), 0.15),
     # the paper's numbers: no clipping, relative L_Gmax, LR decayed per batch (50 s: slow)
-    pytest.param("paper", dict(max_repeats=2), None, 0.15, marks=pytest.mark.slow),
+    pytest.param("paper", dict(max_repeats=2), 5, None, 0.15, marks=pytest.mark.slow),
 ])
-def test_one_jax_batch_equals_the_tf_train_step(tmp_path, preset, schedule, expected_steps, tol):
+def test_one_jax_batch_equals_the_tf_train_step(tmp_path, preset, schedule, batch, expected_steps, tol):
     cfg = C.get_preset(preset, 4, **schedule)
     tf.keras.utils.set_random_seed(3)
     model = DDcGAN(patch_size=P)
     model.compile(train_config=cfg, steps_per_epoch=SPE)
     # a state some batches into a run: counters and optimizer slots away from their start
-    model.batch_count.assign(5)
+    model.batch_count.assign(batch)
     model.optimizer_steps.assign(17)
     for opt in (model.g_optimizer, model.g_adv_optimizer):
         for v in opt._velocities:
@@ -123,23 +127,40 @@ def test_jax_run_writes_checkpoints_that_tensorflow_resumes(tmp_path, small_patc
     jt.main(["--write_init", init, "--seed", "0", "--patch_size", "32"])
     run = str(tmp_path / "run")
     assert jt.main(["--data", small_patch_set, "--init", init, "--model_dir", run, "--steps", "3",
-                    "--checkpoint_every", "2", "--log_every", "1", "--max_repeats", "2", "--seed", "5"]) == 0
+                    "--checkpoint_every", "2", "--log_every", "1", "--max_repeats", "2", "--seed", "5",
+                    "--batch_size", "12"]) == 0
     with open(os.path.join(run, "config.json")) as f:
         assert json.load(f)["seed"] == 5  # what ddcgan-train resumes with
     assert sorted(os.listdir(run)) == ["ckpt-00000002.h5", "ckpt-00000003.h5", "config.json", "steps.jsonl"]
     from ddcgan_tf.callbacks import read_step_log
     rows = read_step_log(os.path.join(run, "steps.jsonl"))
     assert [r["step"] for r in rows] == [1, 2, 3]
-    assert all(np.isfinite(r["g_loss"]) and 1 <= r["g_steps"] <= 2 for r in rows)
+    assert all(np.isfinite(r["g_loss"]) for r in rows)
+    # the official alternation (3 batches an epoch): Dv and Di on batches 1 and 3, G on 2
+    assert [(r["dv_steps"] > 0, r["di_steps"] > 0, r["g_steps"] > 0) for r in rows] == [
+        (True, True, False), (False, False, True), (True, True, False)]
+    assert all(r["dv_steps"] <= 2 and r["g_steps"] <= 2 for r in rows)
     model_config, train = checkpoint.read_configs(os.path.join(run, "ckpt-00000003.h5"))
     assert train["max_repeats"] == 2
     model = DDcGAN(patch_size=model_config["patch_size"])
     model.compile(train_config=C.TrainConfig(**train), steps_per_epoch=10)
     checkpoint.load_state(model, os.path.join(run, "ckpt-00000003.h5"))
     assert int(model.batch_count.numpy()) == 3
-    assert int(model.optimizer_steps.numpy()) >= 9  # Dv, Di, G once per batch at least
+    assert int(model.optimizer_steps.numpy()) >= 5  # Dv and Di, G, Dv and Di at least
     # resuming continues from the newest checkpoint
     assert jt.main(["--data", small_patch_set, "--init", init, "--model_dir", run, "--steps", "4",
-                    "--checkpoint_every", "2", "--log_every", "1"]) == 0
+                    "--checkpoint_every", "2", "--log_every", "1", "--batch_size", "12"]) == 0
     assert [r["step"] for r in read_step_log(os.path.join(run, "steps.jsonl"))] == [1, 2, 3, 4]
-    assert streams == [(24, 5, 0), (24, 5, 3)]  # the recorded seed, from batch 4 on
+    assert streams == [(12, 5, 0), (12, 5, 3)]  # the recorded seed, from batch 4 on
+    # ddcgan-train goes on with the JAX run (a GPU lease, then a CPU) and keeps its record:
+    # the seed, and which trainer ran which batches (it used to rewrite the record as its own)
+    from ddcgan_tf.record import read_record
+    from ddcgan_tf.train import train
+    assert int(train(small_patch_set, run, steps=5, batch_size=12, overrides={"max_repeats": 2},
+                     tensorboard=False, verbose=0)
+               .batch_count.numpy()) == 5
+    record = read_record(run)
+    assert record["seed"] == 5
+    assert [(s["first_batch"], s["trainer"]) for s in record["segments"]] == [
+        (1, "benchmarks/jax_train.py"), (5, "ddcgan-train")]
+    assert record["trainer"] == "ddcgan-train" and record["segments"][1]["device"]

@@ -1,7 +1,8 @@
 """The adaptive schedule of DDcGAN.train_step (paper Algorithm 1 / official train.py).
 
 One compiled model is shared: the thresholds are variables (`set_schedule`), so every scenario
-runs through the same traced graph, as `fit` would run it.
+runs through the same traced graph, as `fit` would run it. The repeats are tested with every net
+stepping on every batch (`alternate_batches=False`); the official alternation has its own test.
 """
 import numpy as np
 import pytest
@@ -21,10 +22,10 @@ def batch(seed=0, n=4):
 
 
 class Compiled:
-    def __init__(self, preset):
+    def __init__(self, preset, steps_per_epoch=100, **overrides):
         tf.keras.utils.set_random_seed(0)
         self.model = DDcGAN(patch_size=P)
-        self.model.compile(train_config=C.get_preset(preset, 4), steps_per_epoch=100)
+        self.model.compile(train_config=C.get_preset(preset, 4, **overrides), steps_per_epoch=steps_per_epoch)
         self.fn = tf.function(self.model.train_step)
 
     def step(self, data=None, **schedule):
@@ -34,7 +35,34 @@ class Compiled:
 
 @pytest.fixture(scope="module")
 def official():
-    return Compiled("official")
+    return Compiled("official", alternate_batches=False)
+
+
+def test_the_official_alternation_trains_d_on_even_batches_and_g_on_odd_ones():
+    """official train.py: `if batch % 2 == 0` (batch: the index in the epoch) Dv and Di step
+    and repeat, else G steps and repeats; the other nets keep their weights."""
+    alt = Compiled("official", steps_per_epoch=3)
+    m = alt.model
+    assert m.train_config.alternate_batches and not C.get_preset("paper").alternate_batches
+    calm = dict(l_max=1e9, l_min=-1.0, g_max=1e9, max_repeats=20)
+    seen = []
+    for _ in range(5):  # epoch indices 0 1 2, then 0 1: two D batches in a row at the boundary
+        g = [v.numpy() for v in m.generator.trainable_variables]
+        d = [v.numpy() for v in m.dv.trainable_variables + m.di.trainable_variables]
+        opt_steps = int(m.optimizer_steps.numpy())
+        out = alt.step(**calm)
+        seen.append((out["dv_steps"], out["di_steps"], out["g_steps"], int(m.optimizer_steps.numpy()) - opt_steps))
+        g_moved = any(not np.array_equal(a, b.numpy()) for a, b in zip(g, m.generator.trainable_variables))
+        d_moved = any(not np.array_equal(a, b.numpy())
+                      for a, b in zip(d, m.dv.trainable_variables + m.di.trainable_variables))
+        assert (g_moved, d_moved) == (out["g_steps"] > 0, out["dv_steps"] > 0)
+    assert seen == [(1, 1, 0, 2), (0, 0, 1, 1), (1, 1, 0, 2), (1, 1, 0, 2), (0, 0, 1, 1)]
+    # each phase repeats as in the paper's Algorithm 1: D while losing, G while a D wins
+    out = alt.step(l_max=-1.0, l_min=1e9, g_max=1e9, max_repeats=4)  # index 2: a D batch
+    assert (out["dv_steps"], out["di_steps"], out["g_steps"]) == (4, 4, 0)
+    out = alt.step(l_max=-1.0, l_min=1e9, g_max=1e9, max_repeats=4)  # index 0: D
+    out = alt.step(l_max=-1.0, l_min=1e9, g_max=1e9, max_repeats=4)  # index 1: G
+    assert (out["dv_steps"], out["di_steps"], out["g_steps"]) == (0, 0, 4)
 
 
 def test_d_step_repeats_up_to_i_max_while_losing(official):
@@ -134,7 +162,8 @@ def test_xla_compiles_the_pieces_and_trains_as_the_graph_does():
     for jit in (False, True):
         tf.keras.utils.set_random_seed(0)
         m = DDcGAN(patch_size=P)
-        m.compile(train_config=C.get_preset("official", 4), steps_per_epoch=100, jit_compile=jit)
+        m.compile(train_config=C.get_preset("official", 4, alternate_batches=False), steps_per_epoch=100,
+                  jit_compile=jit)
         models.append((m, tf.function(m.train_step)))
     (plain, plain_fn), (xla, xla_fn) = models
     assert not xla.jit_compile  # Keras does not compile the whole step

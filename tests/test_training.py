@@ -12,7 +12,7 @@ from ddcgan_tf import config as C
 from ddcgan_tf import losses
 from ddcgan_tf.data import PatchSet, make_dataset
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.train import TrainingDiverged, build_model, train
+from ddcgan_tf.train import TrainingDiverged, _train_differences, build_model, train
 
 
 def content_loss(model, vis, ir):
@@ -78,6 +78,16 @@ def test_resume_refuses_other_settings(small_patch_set, tmp_path):
     # another batch size would change the learning-rate decay period and the batch order
     with pytest.raises(InputError, match="holds a run with 11 batches per epoch, but .* gives 5"):
         train(small_patch_set, model_dir, steps=2, batch_size=8, tensorboard=False, verbose=0)
+    # a checkpoint written before alternate_batches existed trained every net on every batch: the
+    # official preset (which now alternates) would change that mid-run, and the error names it
+    path = ckpt.latest_checkpoint(model_dir)
+    with h5py.File(path, "r+") as f:
+        old = json.loads(f.attrs["train_config"])
+        del old["alternate_batches"]
+        f.attrs["train_config"] = json.dumps(old)
+    with pytest.raises(InputError, match=r"other settings \(\{'alternate_batches': \(False, True\)\}"):
+        train(small_patch_set, model_dir, steps=2, batch_size=4, tensorboard=False, verbose=0)
+    assert _train_differences(old, C.get_preset("official", alternate_batches=False)) == {}
 
 
 @pytest.mark.parametrize("retries", [0, 2])

@@ -29,6 +29,9 @@ flags.DEFINE_float("l_min", None, "Override L_min.")
 flags.DEFINE_float("g_max", None, "Override L_Gmax (absolute, or a factor with the paper preset).")
 flags.DEFINE_integer("max_repeats", None, "Override I_max.")
 flags.DEFINE_float("clip_value", None, "Override the weight clipping bound (0 disables clipping).")
+flags.DEFINE_boolean("alternate_batches", None, "Override: Dv/Di on even batches and G on odd ones, as the "
+                     "official train.py (--preset official), or all three on every batch (--preset paper; "
+                     "--noalternate_batches resumes a run recorded before this flag existed).")
 flags.DEFINE_string("init_from", None, "Start a new run from these network weights (fine-tuning): a checkpoint, "
                     "generator file, model directory (e.g. checkpoints/vis-ir) or official TF1 "
                     "checkpoint (model.ckpt). Optimizers and "
@@ -54,7 +57,7 @@ flags.DEFINE_integer("verbose", 1, "Keras verbosity: 0 silent, 1 progress bar, 2
 flags.mark_flags_as_required(["data", "model_dir"])
 
 OVERRIDES = ("learning_rate", "lr_decay_rate", "content_weight", "grad_weight", "l_max", "l_min",
-             "g_max", "max_repeats", "clip_value")
+             "g_max", "max_repeats", "clip_value", "alternate_batches")
 
 
 def main(argv):

@@ -1,0 +1,63 @@
+"""A run's config.json keeps which trainer on which machine ran which batches (ddcgan_tf.record),
+and benchmarks/ship.py turns that into the manifest's `machine` list. TensorFlow-free."""
+import os
+import sys
+
+from conftest import REPO
+from ddcgan_tf.record import JAX_TRAINER, TF_TRAINER, add_segment, batch_ranges, read_record, segments, write_record
+
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+from ship import machine_history  # noqa: E402
+
+GPU = {"trainer": JAX_TRAINER, "device": "NVIDIA H200", "strategy": "jax", "replicas": 1,
+       "mixed_precision": "float32"}
+CPU = {"trainer": TF_TRAINER, "device": "AMD EPYC, 2 cores", "strategy": "default", "replicas": 1,
+       "mixed_precision": "float32"}
+
+
+def test_segments_follow_the_trainers_and_a_plain_resume_extends_one(tmp_path):
+    record = {}
+    record["segments"] = add_segment(record, 1, **GPU)  # a JAX run on a lent GPU
+    record["segments"] = add_segment(record, 2842, **GPU)  # resumed there: the same place
+    assert record["segments"] == [dict(first_batch=1, **GPU)]
+    record["segments"] = add_segment(record, 7259, **CPU)  # then ddcgan-train here
+    record["segments"] = add_segment(record, 7300, **dict(CPU, mixed_precision="mixed_bfloat16"))
+    assert [s["first_batch"] for s in record["segments"]] == [1, 7259, 7300]
+    write_record(str(tmp_path), record)
+    assert read_record(str(tmp_path)) == record
+    # a resume from an earlier checkpoint trains batches 7280.. again: later segments go
+    again = add_segment(record, 7280, **CPU)
+    assert again == [dict(first_batch=1, **GPU), dict(first_batch=7259, **CPU)]
+    assert batch_ranges(again, 7500) == [dict(batches="1-7258", **GPU), dict(batches="7259-7500", **CPU)]
+    assert batch_ranges(again, 2000) == [dict(batches="1-2000", **GPU)]  # a generator of batch 2000
+
+
+def test_a_record_older_than_segments_names_its_one_trainer(tmp_path):
+    assert read_record(str(tmp_path)) == {}  # no record
+    (tmp_path / "config.json").write_text("{not json")
+    assert read_record(str(tmp_path)) == {}  # a damaged one: a record only, training goes on
+    jax_run = {"seed": 3, "trainer": JAX_TRAINER, "device": "cuda:0 (NVIDIA H200)"}
+    assert segments(jax_run) == [{"first_batch": 1, "trainer": JAX_TRAINER, "device": "cuda:0 (NVIDIA H200)"}]
+    assert segments({"seed": 3}) == [{"first_batch": 1, "trainer": TF_TRAINER}]
+    # the JAX run resumed by ddcgan-train keeps its GPU batches (it was rewritten as ours alone)
+    assert [s["trainer"] for s in add_segment(jax_run, 7259, **CPU)] == [JAX_TRAINER, TF_TRAINER]
+
+
+def test_the_manifest_lists_each_machine_by_batch_range():
+    shipped = [{"batches": "1-2000", "device": "cuda:0 (NVIDIA H200)", "trainer": JAX_TRAINER}]
+    # a run resumed from the shipped train_state.h5 (batch 7258): GPU, then JAX on a CPU, then here
+    run = {"segments": [dict(first_batch=7259, **GPU), dict(first_batch=7400, **CPU)]}
+    assert machine_history(run, shipped, 7259, 7500, same_run=False) == [
+        {"batches": "1-7258", "device": "cuda:0 (NVIDIA H200)", "trainer": JAX_TRAINER},
+        {"batches": "7259-7399", **{k: v for k, v in GPU.items()}},
+        {"batches": "7400-7500", **CPU}]
+    # a fresh run: its own segments only, up to the shipped generator's batch
+    fresh = {"segments": [dict(first_batch=1, **GPU), dict(first_batch=3000, **CPU)]}
+    assert machine_history(fresh, shipped, 1, 2500, same_run=False) == [dict(batches="1-2500", **GPU)]
+    # a record older than segments: the JAX trainer's own keys, or ddcgan-train on this machine
+    old_jax = {"trainer": JAX_TRAINER, "device": "cuda:0 (NVIDIA H200)"}
+    assert machine_history(old_jax, shipped, 1, 900, same_run=False) == [
+        {"batches": "1-900", "trainer": JAX_TRAINER, "device": "cuda:0 (NVIDIA H200)"}]
+    here = machine_history({"seed": 1}, {"platform": "x", "cpu_count": 2}, 101, 150, same_run=True)
+    assert here[0] == {"batches": "1-100", "platform": "x", "cpu_count": 2}
+    assert here[1]["batches"] == "101-150" and here[1]["trainer"] == TF_TRAINER
