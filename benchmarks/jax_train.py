@@ -42,7 +42,8 @@ from ddcgan_tf.checkpoint import latest_checkpoint, read_configs, resolve  # noq
 from ddcgan_tf.data import batch_stream, check_seed  # noqa: E402
 from ddcgan_tf.errors import InputError  # noqa: E402
 from ddcgan_tf.images import atomic_write  # noqa: E402
-from ddcgan_tf.record import JAX_TRAINER, add_segment, cpu_name, read_record, write_record  # noqa: E402
+from ddcgan_tf.record import (JAX_TRAINER, RECORD_FILE, add_segment, cpu_name, read_record,  # noqa: E402
+                              write_record)
 
 NETS = ("generator", "dv", "di")
 OPTS = ("g", "g_adv", "dv", "di")
@@ -506,18 +507,22 @@ def train(args):
     new_attrs = {"model_config": attrs["model_config"], "train_config": cfg.to_json(),
                  "steps_per_epoch": spe}
     record = read_record(args.model_dir)  # this run's, or the ddcgan-train run it goes on with
+    record_path = os.path.join(args.model_dir, RECORD_FILE)
+    if resume and args.seed is None and not record and os.path.exists(record_path):
+        sys.exit(f"{record_path}: unreadable, so the run's data seed is unknown; pass --seed (the one "
+                 f"it was started with) to resume with its batches")
     # the data seed: given, else the run's recorded one, else 0 (this script's old default)
     seed = check_seed(args.seed if args.seed is not None else record.get("seed", 0))
     device = jax.devices()[0]
     here = {"trainer": JAX_TRAINER, "device": cpu_name() if device.platform == "cpu" else device.device_kind,
             "strategy": "jax", "replicas": 1, "mixed_precision": "float32"}
+    # batches step + 1.. run here: a segment, so a resume by either trainer keeps the history
+    segments = add_segment(record, step + 1, **here)
     if not record:
         record = {"batch_size": args.batch_size, "data": os.path.abspath(args.data),
                   "init_from": None, "started_from": os.path.abspath(args.init),
                   "model": model_config, "patches": n, "steps_per_epoch": spe, "train": cfg.to_dict()}
-    # batches step + 1.. run here: a segment, so a resume by either trainer keeps the history
-    write_record(args.model_dir, {**record, **here, "seed": seed,
-                                  "segments": add_segment(record, step + 1, **here)})
+    write_record(args.model_dir, {**record, **here, "seed": seed, "segments": segments})
     trainer = Trainer(cfg, spe, official_decoder=model_config.get("official_decoder", True))
     vis_dev, ir_dev, scale_v = jnp.asarray(vis_all), jnp.asarray(ir_all), jnp.float32(vmax)
 
@@ -583,8 +588,6 @@ def main(argv=None):
     ap.add_argument("--log_every", type=int, default=100)
     ap.add_argument("--seed", type=int, help="data seed (default: the run's recorded one, else 0); "
                                             "--write_init: the initial weights' seed (default 0)")
-    ap.add_argument("--reset_counters", action="store_true",
-                    help="start the batch and LR counters at 0 (a new run from --init's weights)")
     ap.add_argument("--preset", choices=C.PRESETS)
     parse = {int: int, float: float, float | None: float, str: str,
              bool: lambda v: {"true": True, "false": False}[v.lower()]}

@@ -48,8 +48,9 @@ def machine_history(config, previous_machine, first, steps, same_run):
     """The manifest's `machine`: which trainer on which device ran batches 1..steps, by range.
 
     This run's batches, from `first` (its first logged batch), come from its config.json
-    segments (ddcgan_tf.record); a record older than segments names one trainer for the run
-    (the JAX trainer's `trainer`/`device`, else ddcgan-train here). A run that goes on with the
+    segments (ddcgan_tf.record; batches no segment covers: "unknown"); a record older than
+    segments names one trainer for the run (the JAX trainer's `trainer`/`device`, else
+    ddcgan-train here). A run that goes on with the
     shipped one (first > 1: the same run, or resumed from its train_state.h5) keeps the replaced
     manifest's entries before `first`; resumed from the state (not `same_run`), the last of those
     is extended to first - 1, since the state's batches ran where its last segment did."""
@@ -59,6 +60,12 @@ def machine_history(config, previous_machine, first, steps, same_run):
         where = ({"trainer": config["trainer"], "device": config.get("device")} if config.get("trainer")
                  else dict(this_machine(), trainer=TF_TRAINER))
         segs = [{"first_batch": first, **where}]
+    # this run's batches start at `first`: what ran before belongs to the shipped history, and a
+    # gap (config.json lost mid-run) is named, not dropped
+    covering = [s for s in segs if s["first_batch"] <= first]
+    segs = ([dict(covering[-1], first_batch=first)] if covering else
+            [{"first_batch": first, "trainer": "unknown (config.json lost)"}]) + [
+        s for s in segs if s["first_batch"] > first]
     earlier = []
     if first > 1:
         earlier = previous_machine if isinstance(previous_machine, list) else [

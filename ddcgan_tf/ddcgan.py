@@ -79,7 +79,9 @@ class DDcGAN(keras.Model):
 
         g_adv_optimizer is the separate RMSProp of the adversarial-only G steps (the official
         code builds two RMSPropOptimizers, each with its own accumulators); None clones
-        g_optimizer. steps_per_epoch (batches per epoch) sets the decay period.
+        g_optimizer. steps_per_epoch (batches per epoch) sets the decay period and, with
+        alternate_batches, which batches are D batches (even index within the epoch): give it
+        the batches per epoch that `fit` runs.
         """
         # XLA compiles the schedule's pieces, not the whole step (see _compiled): a G step
         # inside an XLA while loop runs its convolution gradients as naive loops on the CPU.

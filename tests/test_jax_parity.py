@@ -164,3 +164,16 @@ def test_jax_run_writes_checkpoints_that_tensorflow_resumes(tmp_path, small_patc
     assert [(s["first_batch"], s["trainer"]) for s in record["segments"]] == [
         (1, "benchmarks/jax_train.py"), (5, "ddcgan-train")]
     assert record["trainer"] == "ddcgan-train" and record["segments"][1]["device"]
+    # a new run from a later state: its record holds only its own batches (it once credited
+    # batches 1-4 to ddcgan-train)
+    again = str(tmp_path / "again")
+    assert jt.main(["--data", small_patch_set, "--init", os.path.join(run, "ckpt-00000004.h5"),
+                    "--model_dir", again, "--steps", "5", "--seed", "5", "--batch_size", "12"]) == 0
+    assert [(s["first_batch"], s["trainer"]) for s in read_record(again)["segments"]] == [
+        (5, "benchmarks/jax_train.py")]
+    # a damaged record: the data seed is unknown, so resuming needs --seed (it fell back to 0)
+    with open(os.path.join(again, "config.json"), "w") as f:
+        f.write("{not json")
+    with pytest.raises(SystemExit, match="config.json: unreadable, so the run's data seed is unknown"):
+        jt.main(["--data", small_patch_set, "--init", init, "--model_dir", again, "--steps", "6",
+                 "--batch_size", "12"])

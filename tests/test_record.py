@@ -58,6 +58,10 @@ def test_the_manifest_lists_each_machine_by_batch_range():
     old_jax = {"trainer": JAX_TRAINER, "device": "cuda:0 (NVIDIA H200)"}
     assert machine_history(old_jax, shipped, 1, 900, same_run=False) == [
         {"batches": "1-900", "trainer": JAX_TRAINER, "device": "cuda:0 (NVIDIA H200)"}]
+    # config.json lost mid-run (ddcgan-train then starts a record at its resume): the gap is named
+    lost = {"segments": [dict(first_batch=501, **CPU)]}
+    assert machine_history(lost, shipped, 1, 800, same_run=False) == [
+        {"batches": "1-500", "trainer": "unknown (config.json lost)"}, dict(batches="501-800", **CPU)]
     here = machine_history({"seed": 1}, {"platform": "x", "cpu_count": 2}, 101, 150, same_run=True)
     assert here[0] == {"batches": "1-100", "platform": "x", "cpu_count": 2}
     assert here[1]["batches"] == "101-150" and here[1]["trainer"] == TF_TRAINER
