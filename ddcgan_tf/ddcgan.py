@@ -18,8 +18,9 @@ Every loss that decides a repeat is recomputed after the step before it, as the 
 `sess.run` calls do; the D steps of one phase share one generator output (G does not change
 during them), and phase 2 takes it from the forward pass that evaluated the losses after
 step 1, so a batch of all four costs three G forward passes and one backward pass when nothing
-repeats (alternating: a D batch one forward pass, a G batch two and a backward pass). The step returns g_loss, g_adv, ir_loss, grad_loss, dv_loss, di_loss, the mean
-D scores (dv_real, dv_fake, di_real, di_fake), dv_steps, di_steps, g_steps and lr. The repeats
+repeats (alternating: a D batch one forward pass, a G batch two and a backward pass). The step
+returns g_loss, g_adv, ir_loss, grad_loss, dv_loss, di_loss, the mean D scores (dv_real,
+dv_fake, di_real, di_fake), dv_steps, di_steps, g_steps and lr. The repeats
 are `tf.while_loop`s, so with `fit` there is no Python-side sync per step. Every optimizer
 step reads the learning rate
 lr0 * rate ** (count / steps_per_epoch), where `count` is the number of optimizer steps so
@@ -223,7 +224,8 @@ class DDcGAN(keras.Model):
         """(_g_losses, the generator's output and its psi, gradient-free) from one G forward pass."""
         fused = self._generate(vis, ir)
         fused_lr = losses.downsample(fused, self.scale)
-        return self._output_losses(vis, ir, fused, fused_lr), (tf.stop_gradient(fused), tf.stop_gradient(fused_lr))
+        return (self._output_losses(vis, ir, fused, fused_lr),
+                (tf.stop_gradient(fused), tf.stop_gradient(fused_lr)))
 
     def _output_losses(self, vis, ir, fused, fused_lr):
         """Every loss and the mean discriminator scores of a generator output (official `sess.run(
@@ -302,7 +304,8 @@ class DDcGAN(keras.Model):
         if self.train_config.alternate_batches:
             # official: `if batch % 2 == 0` (batch: the index within the epoch) trains Dv and Di
             # (steps 1-2), else G (steps 1, 3-4)
-            d_batch = tf.equal(tf.math.floormod(tf.math.floormod(self.batch_count, self.steps_per_epoch), 2), 0)
+            index = tf.math.floormod(self.batch_count, self.steps_per_epoch)
+            d_batch = tf.equal(tf.math.floormod(index, 2), 0)
 
             def d_batch_fn():
                 out, fakes = self._compiled("first_d", self._first_d_steps)(vis, ir)
