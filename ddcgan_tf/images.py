@@ -3,7 +3,9 @@
 Conversions (documented in README): 8-bit and 16-bit integer images are divided by 255 and
 65535; RGB(A) is reduced to its luminance with ITU-R BT.601 weights (0.299, 0.587, 0.114);
 float images (e.g. TIFF) must already lie in [0, 1] and hold no NaN/Inf; bool images are 0/1.
-Integers wider than 16 bits are rejected (their scale is ambiguous).
+Integers wider than 16 bits are rejected (their scale is ambiguous). Pillow decodes 16-bit colour
+PNGs (RGB, RGBA, grey+alpha) to 8 bits, so those are read at 8-bit precision; 16-bit grey PNGs and
+16-bit TIFFs keep their depth.
 
 Every problem with a file raises :class:`InputError` (one line: file, problem); a file that
 cannot be *written* (read-only or full disk, a path under a regular file) raises its subclass
