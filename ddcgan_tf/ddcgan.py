@@ -312,7 +312,7 @@ class DDcGAN(keras.Model):
                 return (*self._repeat_ds(vis, ir, out, fakes), zero)
 
             def g_batch_fn():
-                out = self._compiled("first_g", self._first_g_step)(vis, ir)
+                out, _ = self._compiled("first_g", self._first_g_step)(vis, ir)
                 out, g_steps = self._repeat_gs(vis, ir, out, one)
                 return out, zero, zero, g_steps
 
@@ -358,19 +358,19 @@ class DDcGAN(keras.Model):
     def _first_steps(self, vis, ir):
         """Step 1 -> (the losses after it, averaged; the generator output they were taken from)."""
         self._d_updates(vis, ir)
-        return self._first_g_step(vis, ir, fakes=True)
+        return self._first_g_step(vis, ir)
 
     def _first_d_steps(self, vis, ir):
         """Step 1 of a D batch (alternate_batches) -> (the losses after it; the output of G)."""
         fakes = self._d_updates(vis, ir)
         return self._mean(self._replicas(self._output_losses, vis, ir, *fakes)), fakes
 
-    def _first_g_step(self, vis, ir, fakes=False):
-        """One G step on L_G -> the losses after it (and, with fakes, the output they came from)."""
+    def _first_g_step(self, vis, ir):
+        """One G step on L_G -> (the losses after it, averaged; the output they came from)."""
         self._update(self.g_optimizer, self.generator.trainable_variables,
                      lambda v, i: self._g_losses(v, i)["g_loss"], vis, ir)
         out, output = self._replicas(self._g_forward, vis, ir)
-        return (self._mean(out), output) if fakes else self._mean(out)
+        return self._mean(out), output
 
     def test_step(self, data):
         vis, ir = data[0], data[1]

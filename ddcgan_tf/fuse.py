@@ -12,8 +12,7 @@ import tensorflow as tf
 
 from ddcgan_tf import images, ycbcr
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.generator import check_sizes
-from ddcgan_tf.patches import fit_sizes  # noqa: F401 (the --resize rule; TF-free there)
+from ddcgan_tf.patches import check_sizes, fit_sizes  # noqa: F401 (fit_sizes: the --resize rule)
 
 
 class Fuser:

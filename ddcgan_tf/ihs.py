@@ -19,6 +19,7 @@ import scipy.ndimage
 
 from ddcgan_tf import images
 from ddcgan_tf.errors import InputError
+from ddcgan_tf.patches import check_sizes
 
 SQRT3 = np.sqrt(3.0)
 # rows: I, V1, V2
@@ -70,8 +71,6 @@ def fuse_pet_mri(fuser, mri, pet, mri_name="MRI", pet_name="PET"):
 
     A grey PET (2-D array, or 3 equal channels) gives a grey output.
     """
-    from ddcgan_tf.generator import check_sizes  # TensorFlow: as the fuser; the rest of this module is free of it
-
     mri = images.grey_array(mri, mri_name)
     pet = images.to_unit_float(pet, pet_name)
     if pet.ndim == 3 and pet.shape[2] in (1, 4):  # grey with a channel axis; RGBA: alpha dropped

@@ -55,6 +55,24 @@ def fit_sizes(vis, ir, scale):
     return vis, np.clip(out, 0, 1).astype(np.float32)
 
 
+def check_sizes(vis_shape, ir_shape, scale, vis_name="visible image", ir_name="infrared image",
+                vis_kind="visible image", resize_hint=True):
+    """Raises InputError unless vis is H x W and ir is (H/scale) x (W/scale), both large enough.
+    vis_kind names the high-resolution image in the message; resize_hint: suggest --resize."""
+    h, w = int(vis_shape[0]), int(vis_shape[1])
+    ih, iw = int(ir_shape[0]), int(ir_shape[1])
+    min_side = 2 * scale if scale > 1 else 4
+    if h < min_side or w < min_side:
+        raise InputError(vis_name, f"is {w}x{h}; the network needs at least {min_side}x{min_side}")
+    if h % scale or w % scale:
+        raise InputError(vis_name, f"size {w}x{h} is not a multiple of the scale factor {scale} "
+                                   f"({'crop it, or pass --resize' if resize_hint else 'crop it'})")
+    if (ih, iw) != (h // scale, w // scale):
+        fix = "pass --resize to resample it" if resize_hint else "resample it first"
+        raise InputError(ir_name, f"is {iw}x{ih} but must be {w // scale}x{h // scale} "
+                                  f"(1/{scale} of the {w}x{h} {vis_kind}; {fix})")
+
+
 def _positions(length, patch, stride):
     return range(0, length - patch + 1, stride)
 
