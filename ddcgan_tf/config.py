@@ -32,6 +32,19 @@ TNO_HELD_OUT = ("soldier_behind_smoke_3", "Marne_24", "wall")
 TNO_HELD_OUT_8 = ("APC_2_view_1", "APC_3_view_2", "Farm", "Marne_24", "Veluwe", "houses_with_3_men",
                   "soldier_behind_smoke", "wall")
 TNO_SPLITS = {"held_out": TNO_HELD_OUT, "held_out_8": TNO_HELD_OUT_8}  # --names of the benchmarks
+# Near-copies among the 34 TNO pairs (patches.near_copies over every pair, 2026-11-27): held-out
+# houses_with_3_men and Movie_14 are one frame (identical infrared, visible correlation 0.997, a
+# tone curve apart); the next most alike pair correlates at 0.59. A split's training set leaves
+# out the copies of its scenes too (tno_training_exclude); ddcgan-prepare refuses to keep one.
+TNO_NEAR_COPIES = {"houses_with_3_men": ("Movie_14",)}
+# Two pairs correlate at or above this in both images (same sizes) -> near-copies (patches.py)
+NEAR_COPY_CORRELATION = 0.95
+
+
+def tno_training_exclude(split):
+    """The stems a training set for TNO_SPLITS[split] leaves out: its scenes and their near-copies."""
+    held = TNO_SPLITS[split]
+    return tuple(held) + tuple(c for h in held for c in TNO_NEAR_COPIES.get(h, ()))
 
 
 @dataclasses.dataclass

@@ -159,13 +159,60 @@ def _vis_storage(paths):
     return np.float32, 1.0
 
 
+def _correlation(a, b):
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt(float((a * a).sum()) * float((b * b).sum()))
+    return float((a * b).sum() / den) if den > 0 else float(np.array_equal(a, b))
+
+
+def near_copy(vis, ir, others, threshold=C.NEAR_COPY_CORRELATION):
+    """The first of others {stem: (vis, ir)} that (vis, ir) nearly copies, as (stem, visible
+    correlation, infrared correlation), or None. Near-copy: the same sizes and a Pearson
+    correlation >= threshold in both images (the same frame written twice, or re-toned: TNO's
+    houses_with_3_men and Movie_14 give 0.997 / 1.000; its next most alike pair 0.59). Crops and
+    rescaled copies are not detected."""
+    for stem, (v, i) in others.items():
+        if v.shape == vis.shape and i.shape == ir.shape:
+            cv = _correlation(v, vis)
+            if cv >= threshold:
+                ci = _correlation(i, ir)
+                if ci >= threshold:
+                    return stem, cv, ci
+    return None
+
+
+def near_copies(pairs, others, read_ir=None, threshold=C.NEAR_COPY_CORRELATION):
+    """[(stem, other stem, visible correlation, infrared correlation)] for each of pairs
+    [(stem, vis path, ir path)] that nearly copies one of others (same form); unreadable files
+    are passed over (their readers report them)."""
+    read_ir = read_ir or images.read_grey
+    loaded = {}
+    for stem, vpath, ipath in others:
+        try:
+            loaded[stem] = (images.read_grey(vpath), read_ir(ipath))
+        except InputError:
+            continue
+    found = []
+    for stem, vpath, ipath in pairs:
+        try:
+            hit = near_copy(images.read_grey(vpath), read_ir(ipath), loaded, threshold)
+        except InputError:
+            continue
+        if hit:
+            found.append((stem, *hit))
+    return found
+
+
 def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE, scale=C.SCALE,
-                    exclude=(), on_mismatch="skip", mode="vis-ir", read_ir=None, log=print):
+                    exclude=(), on_mismatch="skip", mode="vis-ir", read_ir=None, log=print,
+                    allow_near_copies=False):
     """Cuts every pair of vis_dir / ir_dir (paired by file stem) into one HDF5 patch set.
 
     on_mismatch: what to do with a pair whose sizes do not fit: "skip" it (reported, and listed
     in attrs['skipped']), stop with an "error", or "resize" the infrared image to the expected
-    size (bicubic). `exclude` lists stems to leave out (e.g. held-out validation scenes).
+    size (bicubic). `exclude` lists stems to leave out (e.g. held-out validation scenes); a kept
+    pair that nearly copies an excluded one (`near_copy`) is an InputError naming both, before any
+    file is written, unless allow_near_copies: it would put a held-out scene in the training set.
     read_ir: function path -> grey [0, 1] image for the infrared side (PET intensity, say).
 
     A pair that cannot be used for another reason (unreadable or corrupt file, NaN/Inf, an
@@ -184,9 +231,19 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
     unknown = sorted(set(exclude) - {stem for stem, _, _ in pairs})
     if unknown:  # a typo would leave a held-out scene in the training set
         raise InputError("--exclude", f"no pair in {vis_dir} is named {', '.join(map(repr, unknown))}")
+    excluded = [p for p in pairs if p[0] in set(exclude)]
     pairs = [p for p in pairs if p[0] not in set(exclude)]
     if not pairs:
         raise InputError(vis_dir, "no image pairs left after --exclude")
+    if excluded and not allow_near_copies:
+        copies = near_copies(pairs, excluded, read_ir)
+        if copies:
+            stem, other, cv, ci = copies[0]
+            vpath = next(v for s, v, _ in pairs if s == stem)
+            more = f" ({len(copies) - 1} more: {', '.join(c[0] for c in copies[1:])})" if len(copies) > 1 else ""
+            raise InputError(vpath, f"nearly copies excluded pair {other!r} (correlation {cv:.3f} visible, "
+                                    f"{ci:.3f} infrared){more}; add {', '.join(c[0] for c in copies)} to "
+                                    f"--exclude, or pass --allow_near_copies")
     vis_dtype, vis_max = _vis_storage([v for _, v, _ in pairs])
     q = patch // scale
     sources, skipped, failed = [], [], []
@@ -232,6 +289,7 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
             di.attrs["max_value"] = 1.0
             f.attrs.update(format=FORMAT, patch=patch, stride=stride, scale=scale, mode=mode,
                            sources=json.dumps(sources), skipped=json.dumps(skipped),
+                           excluded=json.dumps(sorted(set(exclude))),
                            failed=json.dumps(failed),
                            value_range="[0, 1] after dividing by each dataset's max_value",
                            ir_downsampling="scipy.ndimage.zoom(patch, 1/scale), order 3, clipped")

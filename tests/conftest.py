@@ -18,12 +18,14 @@ def synthetic_pair(h=64, w=96, seed=0):
 
 
 def write_pairs(root, names=("a", "b"), size=(64, 96), ir_scale=1, ext=".png"):
-    """Writes 8-bit synthetic pairs into root/vis and root/ir; returns (vis_dir, ir_dir)."""
+    """Writes 8-bit synthetic pairs into root/vis and root/ir; returns (vis_dir, ir_dir). Pair k is
+    the demo scene (seed k) shifted by k / len(names) of its width, so that no two are near-copies
+    (patches.near_copy: the scene is the same for every seed, only its noise differs)."""
     vis_dir, ir_dir = os.path.join(root, "vis"), os.path.join(root, "ir")
     os.makedirs(vis_dir, exist_ok=True)
     os.makedirs(ir_dir, exist_ok=True)
     for k, name in enumerate(names):
-        vis, ir = synthetic_pair(*size, seed=k)
+        vis, ir = (np.roll(a, k * size[1] // len(names), axis=1) for a in synthetic_pair(*size, seed=k))
         if ir_scale > 1:
             ir = ir[::ir_scale, ::ir_scale]
         iio.imwrite(os.path.join(vis_dir, name + ext), (vis * 255).round().astype(np.uint8))

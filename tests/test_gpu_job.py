@@ -136,6 +136,19 @@ def test_choose_refuses_a_patch_set_cut_from_held_out_scenes(job, tmp_path):
         choose.choose(runs, leaky, tno)
 
 
+def test_choose_refuses_a_patch_set_cut_from_a_held_out_scene_under_another_name(job, tmp_path):
+    tno, _, runs, _ = job
+    from ddcgan_tf.patches import build_patch_set
+    vis_dir, ir_dir = os.path.join(tno, "vis"), os.path.join(tno, "ir")
+    for d in (vis_dir, ir_dir):  # t3: held-out "wall" written again (TNO: houses_with_3_men / Movie_14)
+        shutil.copy(os.path.join(d, "wall.png"), os.path.join(d, "t3.png"))
+    leaky = str(tmp_path / "leaky.h5")
+    build_patch_set(vis_dir, ir_dir, leaky, patch=32, stride=16, exclude=C.TNO_SPLITS["held_out_8"],
+                    log=lambda *_: None, allow_near_copies=True)
+    with pytest.raises(SystemExit, match=r"near-copies of held-out scenes \[\('t3', 'wall'\)\]"):
+        choose.choose(runs, leaky, tno)
+
+
 def test_pack_keeps_the_chosen_generator_within_the_budget_and_unpacks(job, tmp_path, monkeypatch):
     _, _, runs, ckpts = job
     with open(os.path.join(runs, "choice.json"), "w") as f:  # the oldest of a: last in line by age

@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -79,6 +80,35 @@ def test_exclude_missing_partner_and_empty_directory(tmp_path):
     empty.mkdir()
     with pytest.raises(InputError, match="no image files"):
         build_patch_set(str(empty), ir_dir, out, log=quiet)
+
+
+def _retone_copy(vis_dir, ir_dir, src, dst):
+    """dst becomes src written again with a tone curve on the visible image (TNO's Movie_14 is
+    houses_with_3_men so: infrared identical, visible correlated at 0.997)."""
+    vis = iio.imread(os.path.join(vis_dir, src + ".png")).astype(np.float64) / 255
+    iio.imwrite(os.path.join(vis_dir, dst + ".png"), np.rint(255 * vis ** 1.4).astype(np.uint8))
+    iio.imwrite(os.path.join(ir_dir, dst + ".png"), iio.imread(os.path.join(ir_dir, src + ".png")))
+
+
+def test_a_near_copy_of_an_excluded_pair_is_refused(tmp_path):
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a", "b", "c"))
+    _retone_copy(vis_dir, ir_dir, "a", "c")
+    out = str(tmp_path / "set.h5")
+    # held-out "a" would reach the training set as "c": refused, naming both, and no file
+    with pytest.raises(InputError, match=r"c\.png: nearly copies excluded pair 'a' \(correlation 0\.9\d\d "
+                                         r"visible, 1\.000 infrared\); add c to --exclude"):
+        build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, exclude=["a"], log=quiet)
+    assert not os.path.exists(out)
+    # the other synthetic pairs are not near-copies of each other: excluding "b" keeps a and c
+    assert source_names(build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, exclude=["b"],
+                                        log=quiet)["output"]) == ["a", "c"]
+    # on request it is kept, and the set records what was left out
+    build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, exclude=["a"], log=quiet, allow_near_copies=True)
+    with h5py.File(out, "r") as f:
+        assert json.loads(f.attrs["excluded"]) == ["a"]
+    assert source_names(out) == ["b", "c"]
+    build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, exclude=["a", "c"], log=quiet)
+    assert source_names(out) == ["b"]
 
 
 def _patch_ids(path):

@@ -56,6 +56,20 @@ def test_validation_splits_follow_their_rules():
     assert tuple(matched[3::4]) == config.TNO_HELD_OUT_8
 
 
+def test_the_near_copy_table_is_what_the_images_say():
+    """config.TNO_NEAR_COPIES lists every training pair that nearly copies a scene of a split
+    (houses_with_3_men is Movie_14 re-toned), and a split's training exclusions hold them."""
+    from ddcgan_tf.patches import near_copies
+    tno = shared_path("tno")
+    pairs = images.pair_by_name(os.path.join(tno, "vis"), os.path.join(tno, "ir"))
+    for split, held in config.TNO_SPLITS.items():
+        found = near_copies([p for p in pairs if p[0] not in held], [p for p in pairs if p[0] in held])
+        assert sorted((c[1], c[0]) for c in found) == sorted(
+            (h, c) for h in held for c in config.TNO_NEAR_COPIES.get(h, ())), split
+        assert set(c[0] for c in found) <= set(config.tno_training_exclude(split))
+    assert config.tno_training_exclude("held_out_8") == config.TNO_HELD_OUT_8 + ("Movie_14",)
+
+
 def test_colour_keeps_a_real_colour_visible_image_its_hue(tmp_path):
     """Farm (held out of training) is one of TNO's three colour visible images (with Bosnia
     and barbed_wire_1): `--colour` fuses its luminance and keeps its hue."""

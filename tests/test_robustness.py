@@ -179,6 +179,22 @@ def test_prepare_cli_reports_bad_pairs_at_the_end_and_single_errors_in_one_line(
     assert not (tmp_path / "none.h5").exists()
 
 
+def test_prepare_cli_refuses_a_near_copy_of_an_excluded_pair_in_one_line(tmp_path):
+    """A held-out scene must not reach training under another name (TNO: houses_with_3_men is
+    Movie_14); --allow_near_copies keeps it on request."""
+    vis_dir, ir_dir = write_pairs(str(tmp_path / "src"), names=("a", "b"))
+    iio.imwrite(os.path.join(vis_dir, "c.png"), iio.imread(os.path.join(vis_dir, "a.png")))
+    iio.imwrite(os.path.join(ir_dir, "c.png"), iio.imread(os.path.join(ir_dir, "a.png")))
+    out = tmp_path / "set.h5"
+    prepare = ["-m", "ddcgan_tf.cli.prepare", f"--vis_dir={vis_dir}", f"--ir_dir={ir_dir}",
+               f"--output={out}", "--patch=32", "--stride=16", "--exclude=a"]
+    r = cli(*prepare)
+    assert_one_line_error(r, "ddcgan-prepare", os.path.join(vis_dir, "c.png"), "nearly copies excluded pair 'a'")
+    assert not out.exists() and no_temp_files(tmp_path)
+    r = cli(*prepare, "--allow_near_copies")
+    assert r.returncode == 0 and "wrote 30 patches from 2 pairs" in r.stdout, r.stderr
+
+
 def test_sizes_that_do_not_match_the_scale_are_rejected_unless_a_resize_rule_is_asked_for(tmp_path):
     """Bullet: visible/infrared sizes that do not fit the scale factor. Fusing: check_sizes
     (the --resize rule is tests/test_fuse_cli.py test_resize_rule_crops_and_downsamples);

@@ -26,7 +26,8 @@ sys.path[:0] = [os.path.dirname(HERE), os.path.dirname(os.path.dirname(HERE))]  
 
 from ddcgan_tf import config  # noqa: E402  (TensorFlow-free modules only)
 from ddcgan_tf.checkpoint import list_checkpoints  # noqa: E402
-from ddcgan_tf.patches import source_names  # noqa: E402
+from ddcgan_tf import images  # noqa: E402
+from ddcgan_tf.patches import near_copies, source_names  # noqa: E402
 from validate_tno import load_scenes, make_pool, margin, table, validate, wins  # noqa: E402
 
 MODES = ("batch", "moving")
@@ -62,6 +63,11 @@ def choose(runs_dir, patches, tno_dir, last=3, backend="jax", pool=None, held_ou
     seen = sorted(set(trained) & set(held))
     if seen:
         raise SystemExit(f"{patches}: was cut from held-out scenes {seen}; choose on a set without them")
+    pairs = images.pair_by_name(*dirs)  # a held-out scene under another name (patches.near_copy)
+    copies = near_copies([p for p in pairs if p[0] in set(trained)], [p for p in pairs if p[0] in set(held)])
+    if copies:
+        raise SystemExit(f"{patches}: was cut from near-copies of held-out scenes "
+                         f"{[(c[0], c[1]) for c in copies]}; choose on a set without them")
     found = candidates(runs_dir, last)
     if not found:
         raise SystemExit(f"{runs_dir}: no ckpt-*.h5 in any run directory")

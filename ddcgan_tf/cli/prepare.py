@@ -20,6 +20,9 @@ flags.DEFINE_integer("patch", C.PATCH_SIZE, "Visible patch side.")
 flags.DEFINE_integer("stride", C.STRIDE, "Stride between patches (visible pixels).")
 flags.DEFINE_integer("scale", C.SCALE, "Visible / infrared resolution ratio (4, or 1).")
 flags.DEFINE_list("exclude", [], "File stems to leave out (held-out validation scenes).")
+flags.DEFINE_bool("allow_near_copies", False,
+                  "Keep a pair that nearly copies an --exclude'd one (same sizes, both images correlated "
+                  f">= {C.NEAR_COPY_CORRELATION}); by default that is an error, as it leaks a held-out scene.")
 flags.DEFINE_enum("on_mismatch", "skip", MISMATCH_RULES,
                   "Pairs whose sizes do not fit: skip them, stop with an error, or resize the infrared.")
 flags.DEFINE_enum("mode", "vis-ir", ["vis-ir", "pet-mri"],
@@ -35,7 +38,8 @@ def main(argv):
         read_ir = read_pet_intensity
     summary = build_patch_set(FLAGS.vis_dir, FLAGS.ir_dir, FLAGS.output, patch=FLAGS.patch,
                               stride=FLAGS.stride, scale=FLAGS.scale, exclude=FLAGS.exclude,
-                              on_mismatch=FLAGS.on_mismatch, mode=FLAGS.mode, read_ir=read_ir)
+                              on_mismatch=FLAGS.on_mismatch, mode=FLAGS.mode, read_ir=read_ir,
+                              allow_near_copies=FLAGS.allow_near_copies)
     print(f"wrote {summary['patches']} patches from {summary['pairs']} pairs to {summary['output']}"
           + (f"; skipped {len(summary['skipped'])}: " + ", ".join(s["name"] for s in summary["skipped"])
              if summary["skipped"] else ""))
