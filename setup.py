@@ -13,7 +13,12 @@ setup(
     name="ddcgan_tf",
     version="0.1.0",
     description="DDcGAN multi-resolution image fusion (TIP 2020) in TensorFlow 2 / Keras 3",
-    packages=find_packages(include=["ddcgan_tf", "ddcgan_tf.*"]),
+    # The shipped generators and manifests (what fusing needs; not the training states) travel in
+    # the package as ddcgan_tf/checkpoints/<mode>/, so a non-editable install fuses with no
+    # --checkpoint too (shipped.CHECKPOINT_ROOT looks there when no checkpoints/ sits beside it).
+    packages=find_packages(include=["ddcgan_tf", "ddcgan_tf.*"]) + ["ddcgan_tf.checkpoints"],
+    package_dir={"ddcgan_tf.checkpoints": "checkpoints"},
+    package_data={"ddcgan_tf.checkpoints": ["*/generator.h5", "*/manifest.json"]},
     python_requires=">=3.10",
     # tensorboard: tf.summary (TensorBoard scalars and sample images) needs it; TF 2.21 no longer
     # pulls it in.

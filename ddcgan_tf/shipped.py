@@ -6,6 +6,8 @@ checkpoints/<mode>/ (mode: vis-ir or pet-mri) holds
                    `ddcgan-train --model_dir DIR` resumes from it once copied into DIR
   manifest.json    preset and every hyper-parameter, data and patch count, steps, wall time,
                    machine, and the validation metrics
+A wheel (`pip install .`, not -e) carries each mode's generator.h5 and manifest.json inside the
+package, as ddcgan_tf/checkpoints/<mode>/, and fuses from there (CHECKPOINT_ROOT).
 """
 import json
 import os
@@ -16,11 +18,21 @@ from ddcgan_tf.checkpoint import GENERATOR_FILE, STATE_FILE, load_generator, rea
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.images import atomic_write, write_text
 
-CHECKPOINT_ROOT = os.environ.get(
-    "DDCGAN_CHECKPOINTS",
-    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints"))
 MODES = ("vis-ir", "pet-mri")
 MANIFEST_FILE = "manifest.json"
+
+
+def _checkpoint_root():
+    """$DDCGAN_CHECKPOINTS, else the repository's checkpoints/ (a clone or an editable install),
+    else the copy a wheel carries inside the package (setup.py: generators and manifests only)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    repo = os.path.join(os.path.dirname(here), "checkpoints")
+    if os.environ.get("DDCGAN_CHECKPOINTS"):
+        return os.environ["DDCGAN_CHECKPOINTS"]
+    return repo if any(os.path.isdir(os.path.join(repo, m)) for m in MODES) else os.path.join(here, "checkpoints")
+
+
+CHECKPOINT_ROOT = _checkpoint_root()
 
 
 def default_checkpoint(mode="vis-ir"):

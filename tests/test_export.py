@@ -76,7 +76,7 @@ def test_cli_export_loads_without_ddcgan_tf_and_matches_keras(generator_file, tm
     out_dir = str(tmp_path / "saved")
     r = export_cli(f"--checkpoint={generator_file}", f"--output={out_dir}")
     assert r.returncode == 0, r.stderr
-    assert "wrote" in r.stdout and "bn_mode=batch" in r.stdout
+    assert "wrote" in r.stdout and "bn_mode=batch" in r.stdout and "serve_colour: vis_rgb" in r.stdout
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]  # nothing left behind
 
     # Two sizes, and a request of two images: "batch" BN must normalise each image by itself.

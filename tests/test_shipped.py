@@ -92,3 +92,33 @@ def test_demo_command_runs_on_the_shipped_weights(tmp_path):
     assert r.returncode == 0, r.stderr
     assert os.path.exists(tmp_path / "demo_side_by_side.png")
     assert "| EN |" in r.stdout and "PSNR_lr" in r.stdout
+
+
+def test_a_wheel_carries_the_shipped_generators_and_fuses_without_the_repository(tmp_path):
+    """`pip install .` (not -e) must still fuse with no --checkpoint: the wheel carries each mode's
+    generator.h5 and manifest.json as ddcgan_tf/checkpoints/<mode>/ (a user's report: the demo
+    failed with "no shipped vis-ir weights" after a plain install)."""
+    import zipfile
+    wheels = tmp_path / "wheels"
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                        "-w", str(wheels), REPO], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (wheel,) = wheels.glob("ddcgan_tf-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for mode in shipped.MODES:
+        for f in ("generator.h5", "manifest.json"):
+            assert f"ddcgan_tf/checkpoints/{mode}/{f}" in names
+    assert not any(n.endswith("train_state.h5") for n in names)  # training states stay in the repository
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)  # what pip installs: the wheel's files, as they are
+    env = {k: v for k, v in os.environ.items() if k != "DDCGAN_CHECKPOINTS"}
+    env["PYTHONPATH"] = str(site)
+    code = ("from ddcgan_tf import shipped, checkpoint; p = shipped.default_checkpoint('vis-ir'); "
+            "print(p); print(checkpoint.load_generator(p).stretch)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    path, stretch = r.stdout.split()[-2:]
+    assert path == str(site / "ddcgan_tf" / "checkpoints" / "vis-ir" / "generator.h5")
+    with open(os.path.join(REPO, "checkpoints", "vis-ir", "generator.h5"), "rb") as a, open(path, "rb") as b:
+        assert a.read() == b.read()
+    assert stretch == "True"  # the shipped vis-ir weights record min-max stretched output

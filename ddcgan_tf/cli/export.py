@@ -1,4 +1,4 @@
-"""ddcgan-export: write a generator as a SavedModel (signatures serve / serving_default).
+"""ddcgan-export: write a generator as a SavedModel (signatures serve / serving_default / serve_colour).
 
   ddcgan-export --checkpoint runs/tno --output exported/ddcgan [--bn_mode moving] [--[no]stretch]
       [--overwrite]
@@ -29,7 +29,7 @@ def main(argv):
     del argv
     from ddcgan_tf.checkpoint import load_generator
     from ddcgan_tf.errors import InputError
-    from ddcgan_tf.export import OUTPUT_KEY, export_saved_model
+    from ddcgan_tf.export import COLOUR_SIGNATURE, OUTPUT_KEY, export_saved_model
     from ddcgan_tf.shipped import default_checkpoint
 
     if not FLAGS.output:
@@ -43,7 +43,8 @@ def main(argv):
     config = export_saved_model(generator, FLAGS.output, overwrite=FLAGS.overwrite)
     s = config["scale"]
     print(f"wrote {FLAGS.output} (signatures serve, serving_default: vis [N,H,W,1], "
-          f"ir [N,H/{s},W/{s},1] -> {OUTPUT_KEY} [N,H,W,1]; bn_mode={config['bn_mode']}, "
+          f"ir [N,H/{s},W/{s},1] -> {OUTPUT_KEY} [N,H,W,1]; {COLOUR_SIGNATURE}: vis_rgb [N,H,W,3], "
+          f"ir -> {OUTPUT_KEY} [N,H,W,3]; bn_mode={config['bn_mode']}, "
           f"stretch={config['stretch']}, official_decoder={config['official_decoder']})")
 
 
