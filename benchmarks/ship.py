@@ -44,6 +44,49 @@ def training_seconds(logged, after_step):
     return float(np.sum(np.where(gaps > 600, typical, gaps)) + typical)
 
 
+def history(previous, config, rows, steps, shipped_state=None):
+    """How a checkpoint at batch `steps` of a run (its config.json, its steps.jsonl rows) follows
+    the manifest it replaces: (lineage fields, the batches before this run, wall time in seconds,
+    the run's first logged time, its first logged batch, whether it is the shipped run itself).
+    shipped_state: the file `--init_from checkpoints/<mode>` reads (for a fine-tune's check).
+    ValueError when the run's history is unknown here."""
+    logged = [r for r in rows if r["step"] <= steps]
+    started = logged[0]["time"] if logged else None  # identifies the run across its ships
+    first = logged[0]["step"] if logged else 1
+    same_run = previous.get("run_started") == started
+    if config.get("init_from") and not same_run:
+        # A fine-tune (--init_from) counts its batches from 0; record what it started from.
+        if os.path.realpath(config["init_from"]) != os.path.realpath(shipped_state or ""):
+            raise ValueError(f"started from {config['init_from']}, not from the shipped weights, so its "
+                             f"history is unknown here")
+        kept = ("command", "notes", "steps", "total_steps", "epochs", "wall_time_s", "train",
+                "source_checkpoint", "init_from")
+        lineage = {"init_from": {k: previous[k] for k in kept if k in previous}}
+        previous_steps = previous.get("total_steps", previous["steps"])
+        wall = previous["wall_time_s"] + training_seconds(logged, 0)
+    elif not same_run and first == 1:  # a new run from fresh weights: no history
+        lineage, previous_steps, wall = {}, 0, training_seconds(logged, 0)
+    else:  # the run the replaced manifest shipped, further on: from its generator's batch, or
+        # from the later full state it shipped (README: resume from checkpoints/<mode>/train_state.h5)
+        ended = previous["steps"]
+        if not same_run and first == previous.get("state_steps", -1) + 1:
+            ended = previous["state_steps"]
+        if not same_run and first != ended + 1:
+            raise ValueError(f"its log starts at batch {first}, but the shipped run ended at {previous['steps']} "
+                             f"(state {previous.get('state_steps', previous['steps'])}), so its history is "
+                             f"unknown here")
+        lineage = {k: previous[k] for k in ("init_from",) if k in previous}
+        if ended > previous["steps"]:  # the shipped manifest timed its generator's batches only
+            lineage["untimed_batches"] = f"{previous['steps'] + 1}-{ended}"
+        previous_steps = previous.get("total_steps", previous["steps"]) - previous["steps"]
+        if same_run and steps < ended:  # an earlier checkpoint of the shipped run: its batches after
+            # `steps` come off the shipped wall time
+            wall = previous["wall_time_s"] - training_seconds([r for r in rows if r["step"] <= ended], steps)
+        else:
+            wall = previous["wall_time_s"] + training_seconds(logged, ended)
+    return lineage, previous_steps, wall, started, first, same_run
+
+
 def machine_history(config, previous_machine, first, steps, same_run):
     """The manifest's `machine`: which trainer on which device ran batches 1..steps, by range.
 
@@ -108,37 +151,13 @@ def main():
     has_bar = args.mode == "vis-ir"  # the official numbers are for visible/infrared only
     results = validate(args.checkpoint, names, high_dir, low_dir, stretch=args.stretch)
     print(table(results, official=has_bar))
-    logged = [r for r in read_step_log(os.path.join(args.model_dir, "steps.jsonl")) if r["step"] <= steps]
-    started = logged[0]["time"] if logged else None  # identifies the run across its ships
-    first = logged[0]["step"] if logged else 1
-    same_run = previous.get("run_started") == started
-    if config.get("init_from") and not same_run:
-        # A fine-tune (--init_from) counts its batches from 0; record what it started from.
-        shipped_state = warm_start_file(os.path.join(CHECKPOINT_ROOT, args.mode))  # what --init_from read
-        if os.path.realpath(config["init_from"]) != os.path.realpath(shipped_state):
-            ap.error(f"{args.model_dir}: started from {config['init_from']}, not from the shipped "
-                     f"{args.mode} weights, so its history is unknown here")
-        kept = ("command", "notes", "steps", "total_steps", "epochs", "wall_time_s", "train",
-                "source_checkpoint", "init_from")
-        lineage = {"init_from": {k: previous[k] for k in kept if k in previous}}
-        previous_steps = previous.get("total_steps", previous["steps"])
-        wall = previous["wall_time_s"] + training_seconds(logged, 0)
-    elif not same_run and first == 1:  # a new run from fresh weights: no history
-        lineage, previous_steps, wall = {}, 0, training_seconds(logged, 0)
-    else:  # the run the replaced manifest shipped, further on: from its generator's batch, or
-        # from the later full state it shipped (README: resume from checkpoints/<mode>/train_state.h5)
-        ended = previous["steps"]
-        if not same_run and first == previous.get("state_steps", -1) + 1:
-            ended = previous["state_steps"]
-        if not same_run and first != ended + 1:
-            ap.error(f"{args.model_dir}: its log starts at batch {first}, but the shipped run ended at "
-                     f"{previous['steps']} (state {previous.get('state_steps', previous['steps'])}), so its "
-                     f"history is unknown here")
-        lineage = {k: previous[k] for k in ("init_from",) if k in previous}
-        if ended > previous["steps"]:  # the shipped manifest timed its generator's batches only
-            lineage["untimed_batches"] = f"{previous['steps'] + 1}-{ended}"
-        previous_steps = previous.get("total_steps", previous["steps"]) - previous["steps"]
-        wall = previous["wall_time_s"] + training_seconds(logged, ended)
+    rows = read_step_log(os.path.join(args.model_dir, "steps.jsonl"))
+    try:
+        shipped_state = (warm_start_file(os.path.join(CHECKPOINT_ROOT, args.mode))  # what --init_from read
+                         if config.get("init_from") else None)
+        lineage, previous_steps, wall, started, first, same_run = history(previous, config, rows, steps, shipped_state)
+    except ValueError as e:
+        ap.error(f"{args.model_dir}: {e}")
     data = dict(previous["data"], **({"held_out": names} if args.mode == "vis-ir" else {}))
     run_info = {
         "batch_size": config["batch_size"], "command": args.command, "data": data,

@@ -120,9 +120,24 @@ def validate(checkpoint, names=HELD_OUT, vis_dir=os.path.join(TNO, "vis"), ir_di
     results = {m: {"per_image": {}} for m in methods + ([m + "+stretch" for m in methods] if stretch else [])}
     for (m, name), s in zip(keys, pool.map(_score8, tasks) if pool else map(_score8, tasks)):
         results[m]["per_image"][name] = s
-    for r in results.values():
+    for m, r in results.items():
         r["mean"] = mean_scores(list(r["per_image"].values()))
+        undefined = undefined_scores(r["per_image"])
+        if undefined:  # those means are over fewer scenes: say so, here and in the JSON
+            r["undefined"] = undefined
+            log(f"{m}: undefined (NaN, left out of the mean) on " +
+                "; ".join(f"{k}: {', '.join(n)}" for k, n in undefined.items()))
     return results
+
+
+def undefined_scores(per_image):
+    """{metric: [scenes where it is NaN]} for the metrics some scene leaves undefined."""
+    out = {}
+    for name, scores in per_image.items():
+        for k, v in scores.items():
+            if np.isnan(v):
+                out.setdefault(k, []).append(name)
+    return out
 
 
 def wins(mean):
@@ -131,8 +146,9 @@ def wins(mean):
 
 
 def margin(mean):
-    """The smallest score / bar ratio over the bar's numbers: above 1 when all are beaten."""
-    return min(mean[k] / v for k, v in OFFICIAL.items())
+    """The smallest score / bar ratio over the bar's numbers: above 1 when all are beaten. A
+    number undefined on every scene (NaN) counts as 0: not beaten, and the smallest."""
+    return min(0.0 if np.isnan(mean[k]) else mean[k] / v for k, v in OFFICIAL.items())
 
 
 def _markdown(first, extra, rows):

@@ -126,6 +126,25 @@ def test_the_rule_counts_numbers_beaten_before_the_smallest_ratio():
     assert choose.pick({"x": entry(8, 0.7), "y": entry(8, 0.8), "z": entry(7, 0.95)}) == "y"
 
 
+def test_a_mean_over_fewer_scenes_says_so_and_an_undefined_number_is_not_beaten():
+    """A fused image on which a metric is undefined (CC of a flat image: NaN) is left out of that
+    metric's mean; the record names the scene, and the rule's ratio counts an all-NaN number as 0."""
+    vis, ir = synthetic_pair(32, 32, seed=0)
+    ir4 = ir[::4, ::4]
+    flat = np.full((32, 32), 0.5, np.float32)
+    scenes = [("textured", vis, ir4, ir), ("flat", flat, np.full((8, 8), 0.5, np.float32), flat)]
+    lines = []
+    r = validate_tno.validate(None, modes=(), scenes=scenes, log=lines.append)["average"]
+    assert np.isnan(r["per_image"]["flat"]["CC"]) and not np.isnan(r["per_image"]["textured"]["CC"])
+    assert r["mean"]["CC"] == r["per_image"]["textured"]["CC"]  # the mean of the defined one
+    assert r["undefined"]["CC"] == ["flat"]
+    assert any(line.startswith("average: undefined") and "CC: flat" in line for line in lines)
+    beaten = {k: 2 * v for k, v in validate_tno.OFFICIAL.items()}
+    assert validate_tno.margin(beaten) == pytest.approx(2.0)
+    assert validate_tno.margin(dict(beaten, CC=float("nan"))) == 0.0  # Python's min would skip a NaN
+    assert "CC" not in validate_tno.wins(dict(beaten, CC=float("nan")))
+
+
 def test_choose_refuses_a_patch_set_cut_from_held_out_scenes(job, tmp_path):
     tno, _, runs, _ = job
     from ddcgan_tf.patches import build_patch_set
