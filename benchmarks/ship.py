@@ -23,6 +23,8 @@ import numpy as np
 
 from ddcgan_tf.callbacks import read_step_log
 from ddcgan_tf.checkpoint import PATTERN, warm_start_file
+from ddcgan_tf.config import TNO_NEAR_COPIES
+from ddcgan_tf.patches import source_names
 from ddcgan_tf.record import TF_TRAINER, batch_ranges, segments
 from ddcgan_tf.shipped import CHECKPOINT_ROOT, MANIFEST_FILE, ship, this_machine
 from validate_tno import HELD_OUT, NAMES_HELP, OFFICIAL, SHARED, TNO, resolve_names, table, validate
@@ -42,6 +44,23 @@ def training_seconds(logged, after_step):
         return 0.0
     typical = float(np.median(gaps))
     return float(np.sum(np.where(gaps > 600, typical, gaps)) + typical)
+
+
+def shipped_data(previous_data, held_out, patch_set):
+    """The manifest's `data`: the replaced manifest's description, with this run's held-out names
+    (vis-ir) and, when the run's patch set is here, its training pairs and the near-copies of
+    held-out scenes among them (config.TNO_NEAR_COPIES; a clean set has none)."""
+    data = {k: v for k, v in previous_data.items() if k not in ("near_copies_trained_on", "trained_pairs")}
+    if held_out is None:
+        return data
+    data["held_out"] = list(held_out)
+    if patch_set and os.path.exists(patch_set):
+        trained = source_names(patch_set)
+        data["trained_pairs"] = trained
+        copies = {h: c for h in held_out for c in TNO_NEAR_COPIES.get(h, ()) if c in trained}
+        if copies:
+            data["near_copies_trained_on"] = copies
+    return data
 
 
 def history(previous, config, rows, steps, shipped_state=None):
@@ -158,7 +177,7 @@ def main():
         lineage, previous_steps, wall, started, first, same_run = history(previous, config, rows, steps, shipped_state)
     except ValueError as e:
         ap.error(f"{args.model_dir}: {e}")
-    data = dict(previous["data"], **({"held_out": names} if args.mode == "vis-ir" else {}))
+    data = shipped_data(previous["data"], names if args.mode == "vis-ir" else None, config.get("data"))
     run_info = {
         "batch_size": config["batch_size"], "command": args.command, "data": data,
         "patches": config["patches"], "steps": steps, "steps_per_epoch": config["steps_per_epoch"],

@@ -9,7 +9,7 @@ from conftest import REPO
 from ddcgan_tf.record import JAX_TRAINER, TF_TRAINER, add_segment, batch_ranges, read_record, segments, write_record
 
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-from ship import history, machine_history  # noqa: E402
+from ship import history, machine_history, shipped_data  # noqa: E402
 
 GPU = {"trainer": JAX_TRAINER, "device": "NVIDIA H200", "strategy": "jax", "replicas": 1,
        "mixed_precision": "float32"}
@@ -87,3 +87,22 @@ def test_a_shipped_runs_wall_time_follows_the_checkpoint_shipped():
     assert (lineage, wall, same) == ({"untimed_batches": "11-20"}, 50.0 + 20.0, False)
     with pytest.raises(ValueError, match="its log starts at batch 21, but the shipped run ended at 10"):
         history(previous, config, later, 30)
+
+
+def test_the_manifest_names_held_out_scenes_the_run_trained_on_under_another_name(tmp_path):
+    """The shipped vis-ir run trained on Movie_14, which is held-out houses_with_3_men written
+    again; a manifest says so when its run's patch set holds such a copy, and not otherwise."""
+    from conftest import write_pairs
+    from ddcgan_tf.patches import build_patch_set
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("Movie_14", "wall", "t1"))
+    leaky, clean = str(tmp_path / "leaky.h5"), str(tmp_path / "clean.h5")
+    quiet = lambda *_: None  # noqa: E731
+    build_patch_set(vis_dir, ir_dir, leaky, patch=32, stride=16, exclude=["wall"], log=quiet)
+    build_patch_set(vis_dir, ir_dir, clean, patch=32, stride=16, exclude=["wall", "Movie_14"], log=quiet)
+    previous = {"source": "TNO", "near_copies_trained_on": {"houses_with_3_men": "Movie_14"}}
+    held = ["houses_with_3_men", "wall"]
+    assert shipped_data(previous, held, leaky) == {
+        "source": "TNO", "held_out": held, "trained_pairs": ["Movie_14", "t1"],
+        "near_copies_trained_on": {"houses_with_3_men": "Movie_14"}}
+    assert shipped_data(previous, held, clean) == {"source": "TNO", "held_out": held, "trained_pairs": ["t1"]}
+    assert shipped_data(previous, None, clean) == {"source": "TNO"}  # pet-mri: the description only
