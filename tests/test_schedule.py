@@ -112,11 +112,52 @@ def test_learning_rate_decays_with_every_optimizer_step(official):
 
 
 def test_weights_are_clipped_after_every_update(official):
+    """official train.py: every variable into [-8, 8] after each update, from both sides."""
     m = official.model
-    kernel = m.generator.decoder_convs[0].conv.kernel
-    kernel.assign(tf.fill(kernel.shape, 50.0))
+    kernels = (m.generator.decoder_convs[0].conv.kernel, m.dv.convs[1].conv.kernel)  # each before a BN
+    for kernel in kernels:
+        k = kernel.numpy().ravel()
+        k[:2] = 50.0, -50.0  # one entry past each bound
+        kernel.assign(k.reshape(kernel.shape))
     official.step(l_max=1e9, l_min=-1.0, g_max=1e9, max_repeats=20)
-    assert float(tf.reduce_max(tf.abs(kernel))) <= 8.0
+    for kernel in kernels:
+        k = kernel.numpy()
+        assert np.isfinite(k).all() and k.max() == pytest.approx(8.0) and k.min() == pytest.approx(-8.0), kernel.path
+
+
+def _set_discriminator(net, bias):
+    """Every weight 0: the output is tanh(bias)/2 + 0.5 whatever the input (0.5 gives equal and
+    opposite real/fake gradients, so no step moves it; bias 3 gives 0.9975, which SGD at 2e-4
+    moves by little)."""
+    for v in net.trainable_variables:
+        v.assign(tf.zeros_like(v))
+    net.dense.bias.assign(tf.fill(net.dense.bias.shape, float(bias)))
+
+
+def test_adversarial_g_steps_repeat_while_either_discriminator_wins():
+    """Phase 3 (official train.py: `while L_D1 < L_min or L_D2 < L_min`): Dv at 0.5 everywhere
+    has loss 2 ln 2 = 1.39, a Di at 0.9975 everywhere about 6. With L_min = 5 only one of them
+    wins, and G repeats to I_max, with either one winning."""
+    m = Compiled("official", alternate_batches=False)
+    for winner, loser in ((m.model.dv, m.model.di), (m.model.di, m.model.dv)):
+        _set_discriminator(winner, 0.0)
+        _set_discriminator(loser, 3.0)
+        out = m.step(l_max=1e9, l_min=5.0, g_max=1e9, max_repeats=3)
+        assert out[f"{winner.name}_loss"] == pytest.approx(2 * np.log(2), rel=1e-3)
+        assert out[f"{loser.name}_loss"] > 5.5
+        assert out["g_steps"] == 3, winner.name
+    out = m.step(l_max=1e9, l_min=1.0, g_max=1e9, max_repeats=3)  # neither wins
+    assert out["g_steps"] == 1
+
+
+def test_full_g_steps_repeat_on_the_whole_generator_loss(official):
+    """Phase 4 (`while L_G > L_Gmax`) compares L_G = adversarial + content, not the adversarial
+    part alone: with L_Gmax between the two, G repeats to I_max (L_G is in the hundreds here and
+    a few steps cannot halve it)."""
+    calm = official.step(l_max=1e9, l_min=-1.0, g_max=1e9, max_repeats=20)
+    assert calm["g_adv"] < 20.0 < calm["g_loss"] / 2
+    out = official.step(l_max=1e9, l_min=-1.0, g_max=20.0, max_repeats=4)
+    assert out["g_steps"] == 4 and out["g_loss"] > 20.0
 
 
 def test_relative_g_max_of_the_paper_preset():
@@ -126,6 +167,10 @@ def test_relative_g_max_of_the_paper_preset():
     assert out["g_steps"] == 7
     out = paper.step(l_max=1e9, l_min=-1.0, g_max=1e6, max_repeats=7)  # 1e6 * L_G: never above
     assert out["g_steps"] == 1
+    # 2 * L_G (of the batch's first step): never above either, though L_G itself is far above 2,
+    # so an absolute L_Gmax of 2 would repeat to I_max
+    out = paper.step(l_max=1e9, l_min=-1.0, g_max=2.0, max_repeats=7)
+    assert out["g_steps"] == 1 and out["g_loss"] > 2 * 2.0
     # paper counting: the decay counts batches, not optimizer steps
     b = int(paper.model.batch_count.numpy())
     assert out["lr"] == pytest.approx(2e-3 * 0.75 ** (b / 100), rel=1e-5)
@@ -140,6 +185,27 @@ def test_tf1_rmsprop_starts_its_accumulator_at_one():
     ms = 0.9 * 1.0 + 0.1 * g.numpy() ** 2
     expected = np.array([1.0, -2.0]) - 0.1 * g.numpy() / np.sqrt(ms + 1e-10)
     np.testing.assert_allclose(v.numpy(), expected, rtol=1e-6)
+
+
+def test_rmsprop_epsilon_is_tf1s_under_the_square_root():
+    """tf.train.RMSPropOptimizer(epsilon=1e-10): lr * g / sqrt(ms + 1e-10). With a tiny gradient
+    and no accumulator start, epsilon decides the step (1e-7, Keras's default, gives 30x less)."""
+    v = tf.Variable([0.0])
+    opt = TF1RMSprop(learning_rate=0.1, initial_accumulator_value=0.0)
+    opt.build([v])
+    g = 1e-6
+    opt.apply_gradients([(tf.constant([g]), v)])
+    np.testing.assert_allclose(v.numpy(), [-0.1 * g / np.sqrt(0.1 * g * g + 1e-10)], rtol=1e-4)
+
+
+def test_the_presets_accumulator_start_reaches_both_g_optimizers():
+    """TrainConfig.rmsprop_initial_accumulator (TF1: 1, Keras: 0) is what compile() gives each
+    RMSProp optimizer."""
+    for start in (0.0, 1.0):
+        m = Compiled("official", rmsprop_initial_accumulator=start).model
+        for opt in (m.g_optimizer, m.g_adv_optimizer):
+            assert opt.initial_accumulator_value == start
+            assert all(np.all(v.numpy() == start) for v in opt._velocities)
 
 
 def test_the_adversarial_and_full_g_steps_use_separate_rmsprop_slots(official):
