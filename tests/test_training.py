@@ -75,6 +75,11 @@ def test_resume_refuses_other_settings(small_patch_set, tmp_path):
     with pytest.raises(Exception, match="other settings"):
         train(small_patch_set, model_dir, steps=2, batch_size=4, preset="paper",
               tensorboard=False, verbose=0)
+    # a model option with the same variables (the official decoder's double use of its first
+    # kernel) would change the network mid-run
+    with pytest.raises(InputError, match=r"other settings \(\{'official_decoder': \(True, False\)\}"):
+        train(small_patch_set, model_dir, steps=2, batch_size=4, official_decoder=False,
+              tensorboard=False, verbose=0)
     # another batch size would change the learning-rate decay period and the batch order
     with pytest.raises(InputError, match="holds a run with 11 batches per epoch, but .* gives 5"):
         train(small_patch_set, model_dir, steps=2, batch_size=8, tensorboard=False, verbose=0)
@@ -88,6 +93,16 @@ def test_resume_refuses_other_settings(small_patch_set, tmp_path):
     with pytest.raises(InputError, match=r"other settings \(\{'alternate_batches': \(False, True\)\}"):
         train(small_patch_set, model_dir, steps=2, batch_size=4, tensorboard=False, verbose=0)
     assert _train_differences(old, C.get_preset("official", alternate_batches=False)) == {}
+
+
+def test_a_state_of_another_patch_size_is_refused_by_name(tmp_path):
+    """The discriminators' dense kernels depend on the patch size: restoring a 32x32 run into a
+    48x48 model names the variable and both shapes, instead of a TensorFlow assign error."""
+    path = str(tmp_path / "ckpt-00000001.h5")
+    ckpt.save_state(build_model(patch_size=32), path)
+    with pytest.raises(InputError, match=r"ckpt-00000001\.h5: variable \S*dv\S*dense\S*kernel has shape "
+                                         r"\(1024, 1\), the model expects \(2304, 1\)"):
+        ckpt.load_state(build_model(patch_size=48), path)
 
 
 @pytest.mark.parametrize("retries", [0, 2])
