@@ -103,6 +103,12 @@ def test_mi_vifb_min_max_normalises():
 def test_scd_and_cc_hand_values(triple):
     _, a, b = triple
     assert M.SCD(a + b, a, b) == pytest.approx(2.0)  # F - B = A and F - A = B
+    # an asymmetric fusion: each term by hand (Aslantas & Bendes: r(F - B, A) + r(F - A, B))
+    f = a + 0.5 * b
+    r = lambda x, y: np.corrcoef(x.ravel(), y.ravel())[0, 1]  # noqa: E731
+    assert M.SCD(f, a, b) == pytest.approx(r(f - b, a) + r(f - a, b), rel=1e-9)
+    assert M.SCD(f, a, b) == pytest.approx(M.SCD(f, b, a), rel=1e-9)  # the sources' order does not matter
+    assert M.SCD(f, a, b) != pytest.approx(2 * r(f - b, a), rel=1e-3)
     assert M.CC(2 * a + 3, a, 0.5 * a + 1) == pytest.approx(1.0)
     assert M.CC(a, a, -a) == pytest.approx(0.0, abs=1e-12)
     assert M.CC(a, a, b) == pytest.approx((1 + np.corrcoef(a.ravel(), b.ravel())[0, 1]) / 2)
