@@ -94,6 +94,27 @@ def test_moving_tiles_equal_whole_image(moving, size, tile, overlap):
     np.testing.assert_allclose(tiled, moving(vis, ir), atol=MOVING_TOL, rtol=0)
 
 
+class _Recording:
+    """A fuser that records the size of every image it is given (the memory bound of tiling)."""
+
+    def __init__(self, fuser):
+        self.fuser, self.sizes = fuser, []
+        self.generator, self.scale, self.prepare = fuser.generator, fuser.scale, fuser.prepare
+
+    def __call__(self, vis, ir):
+        self.sizes.append(vis.shape)
+        return self.fuser(vis, ir)
+
+
+@pytest.mark.parametrize("size", [(84, 60), (60, 84), (96, 128)])
+def test_no_tile_is_larger_than_the_tile_size(moving, size):
+    """--tile bounds peak memory: an image longer than the tile on one side only is still cut."""
+    vis, ir = pair(*size)
+    recording = _Recording(moving)
+    fuse_tiled(recording, vis, ir, tile=64, overlap=32)
+    assert len(recording.sizes) > 1 and all(h <= 64 and w <= 64 for h, w in recording.sizes)
+
+
 def test_small_overlap_warns_and_is_only_approximate(moving):
     vis, ir = pair(96, 128)
     with pytest.warns(RuntimeWarning, match="overlap 16 < 24"):
