@@ -64,6 +64,21 @@ def test_pure_hue_pet_keeps_its_hue_after_fusion_with_a_flat_mri():
         np.testing.assert_allclose(h_out, h_in, atol=1e-3)
 
 
+def test_hue_is_not_interpolated_across_its_wrap():
+    """Two PET halves whose hues are +3.10 and -3.10 rad (0.08 apart across +-pi): upsampling
+    the hue angle itself would sweep through 0 (the opposite colour) at the seam; the chroma
+    (V1, V2) is upsampled instead, so every output pixel keeps a hue near +-pi."""
+    pet = np.empty((16, 16, 3), np.float32)
+    pet[:, :8], pet[:, 8:] = [0.2, 0.8, 0.48], [0.2, 0.8, 0.52]
+    h_in = hue_saturation(*rgb_to_ihs(pet.astype(np.float64))[1:])[0]
+    assert np.abs(h_in).min() > np.pi - 0.05 and h_in.max() > 3 and h_in.min() < -3  # both sides
+    out = fuse_pet_mri(ramp_fuser, np.full((64, 64), 0.5, np.float32), pet)
+    h_out, s_out = hue_saturation(*rgb_to_ihs(out.astype(np.float64))[1:])
+    coloured = s_out > 1e-3
+    assert coloured.mean() > 0.9
+    assert np.abs(h_out[coloured]).min() > np.pi - 0.1
+
+
 def test_grey_pet_gives_a_grey_output(fuser):
     pet = np.random.default_rng(1).random((16, 16)).astype(np.float32)
     out = fuse_pet_mri(fuser, np.full((64, 64), 0.5, np.float32), pet)
