@@ -6,10 +6,10 @@ resolution, values in [0, 1]); for the latter the infrared patches are downsampl
 exactly as the official `train.py` does (scipy zoom 1/4 per patch).
 
 The set is read into memory once, by the thread that builds the dataset (the official
-`train.py` loads the whole file too; TNO's 29,833 `held_out_8` training patches (Movie_14 out too) take 251 MiB,
-visible patches kept in their 8-bit storage type). tf.data's threads then only slice numpy arrays: an HDF5 read
-there needs h5py's global lock, and a thread that drops an iterator waits for its in-flight
-reads and its finalizer. When that thread held the lock (an old iterator garbage-collected
+`train.py` loads the whole file too; TNO's 29,833 `held_out_8` training patches, Movie_14 out
+too, take 251 MiB, visible patches kept in their 8-bit storage type). tf.data's threads then
+only slice numpy arrays: an HDF5 read there needs h5py's global lock, and a thread that drops
+an iterator waits for its in-flight reads and its finalizer. When that thread held the lock (an old iterator garbage-collected
 during a checkpoint write), training deadlocked (CI, 2026-11; tests/test_patches.py).
 
 The order of the batches is the official one, and a function of the run's data seed alone:
