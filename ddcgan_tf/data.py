@@ -9,8 +9,9 @@ The set is read into memory once, by the thread that builds the dataset (the off
 `train.py` loads the whole file too; TNO's 29,833 `held_out_8` training patches, Movie_14 out
 too, take 251 MiB, visible patches kept in their 8-bit storage type). tf.data's threads then
 only slice numpy arrays: an HDF5 read there needs h5py's global lock, and a thread that drops
-an iterator waits for its in-flight reads and its finalizer. When that thread held the lock (an old iterator garbage-collected
-during a checkpoint write), training deadlocked (CI, 2026-11; tests/test_patches.py).
+an iterator waits for its in-flight reads and its finalizer. When that thread held the lock
+(an old iterator garbage-collected during a checkpoint write), training deadlocked (CI,
+2026-11; tests/test_patches.py).
 
 The order of the batches is the official one, and a function of the run's data seed alone:
 every epoch is one permutation of the whole set taken in consecutive batches, the last
