@@ -42,14 +42,25 @@ def content_terms(fused, vis, ir, scale):
     return ir_term, grad_term
 
 
+def log_eps(x):
+    """log(x + eps), the official `tf.log(x + eps)`, kept finite for x = 0 in a graph too.
+
+    Under tf.function, Grappler's arithmetic optimizer reassociates `1 - D + eps` into
+    `(1 + eps) - D`, and 1 + 1e-8 is 1 in float32: a saturated D(fake) = 1 gave log 0 = -inf, an
+    infinite loss and NaN weights after the step (measured; eager TensorFlow and JAX compute it as
+    written: 18.42). The floor at eps gives the written value whatever the order.
+    """
+    return tf.math.log(tf.maximum(x + EPS, EPS))
+
+
 def generator_adversarial(dv_fake, di_fake):
     """L_adv^G (Eq. 6): -E[log(Dv(G) + eps)] - E[log(Di(psi G) + eps)] (G_loss_GAN_D1 + _D2)."""
-    return -tf.reduce_mean(tf.math.log(dv_fake + EPS)) - tf.reduce_mean(tf.math.log(di_fake + EPS))
+    return -tf.reduce_mean(log_eps(dv_fake)) - tf.reduce_mean(log_eps(di_fake))
 
 
 def discriminator_loss(real, fake):
     """L_Dv / L_Di (Eqs. 9-10): -E[log(D(real) + eps)] - E[log(1 - D(fake) + eps)]."""
-    return -tf.reduce_mean(tf.math.log(real + EPS)) - tf.reduce_mean(tf.math.log(1.0 - fake + EPS))
+    return -tf.reduce_mean(log_eps(real)) - tf.reduce_mean(log_eps(1.0 - fake))
 
 
 def generator_loss(adversarial, ir_term, grad_term, content_weight, grad_weight, ir_weight=1.0):

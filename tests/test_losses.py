@@ -66,3 +66,22 @@ def test_content_terms_and_generator_loss_combination():
     assert float(grad_term) == pytest.approx(np.abs(g).sum(), rel=1e-6)
     total = losses.generator_loss(1.5, 2.0, 3.0, content_weight=0.8, grad_weight=1.2, ir_weight=0.5)
     assert float(total) == pytest.approx(1.5 + 0.8 * (0.5 * 2.0 + 1.2 * 3.0))
+
+
+def test_a_saturated_discriminator_gives_the_written_finite_loss_in_a_graph_too():
+    """-log(1 - D(fake) + eps) with D(fake) = 1 is -log(1e-8) = 18.42. tf.function used to give
+    inf (Grappler reassociated it into (1 + eps) - D, 0 in float32) and NaN weights after the
+    step; eager TensorFlow gave 18.42. Both must, with finite gradients."""
+    ones, half = tf.ones((2, 1)), tf.fill((2, 1), 0.5)
+    expected = -np.log(0.5 + EPS) - np.log(EPS)
+
+    def loss_and_grads(real, fake):
+        with tf.GradientTape() as tape:
+            tape.watch(fake)
+            loss = losses.discriminator_loss(real, fake) + losses.generator_adversarial(1.0 - fake, real)
+        return loss, tape.gradient(loss, fake)
+
+    for fn in (loss_and_grads, tf.function(loss_and_grads)):
+        loss, grads = fn(half, ones)
+        assert float(loss) == pytest.approx(2 * expected, rel=1e-6), fn
+        assert np.isfinite(grads.numpy()).all(), fn
