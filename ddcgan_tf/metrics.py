@@ -107,7 +107,7 @@ def _entropy_of_counts(counts, log):
     return float(-(p * log(p)).sum())
 
 
-def _corr(x, y):
+def pearson(x, y):
     """Pearson correlation coefficient of two arrays (nan when one is constant)."""
     x = x - x.mean()
     y = y - y.mean()
@@ -244,13 +244,13 @@ def SCD(fused, a, b):
     SCD = r(F - B, A) + r(F - A, B), Pearson r. Range [-2, 2]; same in both conventions.
     """
     f, a, b = _same_shape(fused, a, b)
-    return _corr(f - b, a) + _corr(f - a, b)
+    return pearson(f - b, a) + pearson(f - a, b)
 
 
 def CC(fused, a, b):
     """Correlation coefficient (r(F, A) + r(F, B)) / 2, Pearson r; averaged in both conventions."""
     f, a, b = _same_shape(fused, a, b)
-    return (_corr(f, a) + _corr(f, b)) / 2.0
+    return (pearson(f, a) + pearson(f, b)) / 2.0
 
 
 # ----------------------------------------------------------------------------- PSNR

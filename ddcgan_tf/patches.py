@@ -23,6 +23,7 @@ import scipy.ndimage
 from ddcgan_tf import config as C
 from ddcgan_tf import images
 from ddcgan_tf.errors import InputError
+from ddcgan_tf.metrics import pearson
 
 FORMAT = "ddcgan_tf.patches/1"
 MISMATCH_RULES = ("skip", "error", "resize")
@@ -160,9 +161,9 @@ def _vis_storage(paths):
 
 
 def _correlation(a, b):
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt(float((a * a).sum()) * float((b * b).sum()))
-    return float((a * b).sum() / den) if den > 0 else float(np.array_equal(a, b))
+    """metrics.pearson, with two constant images counting as 1 when equal, else 0."""
+    r = pearson(a, b)
+    return float(np.array_equal(a, b)) if np.isnan(r) else r
 
 
 def near_copy(vis, ir, others, threshold=C.NEAR_COPY_CORRELATION):
