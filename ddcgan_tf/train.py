@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -23,6 +24,18 @@ SCALES = (1, 2, 4, 8)
 
 class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGTERM or SIGINT stopped training after a whole batch; the full state at that batch is
+    saved (`checkpoint`), and the same call resumes from it. A KeyboardInterrupt, so a notebook
+    or script treats it as the interrupt it was."""
+
+    def __init__(self, signum, step, checkpoint):
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+        saved = (f"the full state is saved in {checkpoint}; the same command resumes from it" if checkpoint
+                 else "this worker writes no checkpoints (the chief does)")
+        super().__init__(f"stopped by {signal.Signals(signum).name} after batch {step}; {saved}")
 
 
 def _check_count(flag, value, allow_none=False, allow_zero=False):
@@ -82,7 +95,9 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     full, a path under a regular file) raises `ddcgan_tf.images.WriteError` (an InputError) before
     training starts or, when a checkpoint/log write fails later, as soon as it fails (the previous
     checkpoints stay intact); a NaN/Inf loss raises TrainingDiverged, keeping the last good
-    checkpoint. A run killed at any moment resumes from its newest complete checkpoint; the
+    checkpoint. SIGTERM or SIGINT (Ctrl-C) finishes the batch in flight, saves the full state and
+    raises TrainingInterrupted (a KeyboardInterrupt); a second signal, or SIGKILL, kills at
+    once. A run killed at any moment resumes from its newest complete checkpoint; the
     step log is trimmed to that checkpoint so each step appears once. model_dir/config.json
     (`ddcgan_tf.record`) holds the settings, the data seed and, per start, the trainer and
     device that ran the batches from there (`segments`; the JAX trainer adds its own).
@@ -198,9 +213,9 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         cb.trim_step_log(step_log, done, write_text)
     if done >= total:
         return model
-    guard = cb.NaNGuard()
+    guard, stopper = cb.NaNGuard(), cb.GracefulStop()
     # StepLog before Checkpoint: a saved step is always logged already
-    callbacks = [cb.StopAtStep(total), guard]
+    callbacks = [stopper, cb.StopAtStep(total), guard]
     if chief:
         callbacks += [cb.StepLog(step_log), cb.Checkpoint(manager, checkpoint_every)]
     if tensorboard and chief:
@@ -213,14 +228,17 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         guard.bad, model.diverged = None, False
         # the batches go on where the run stands: batch k is the same with or without a stop
         dataset, _ = make_dataset(patches, batch_size=batch_size, scale=scale, seed=seed, start=done)
-        model.fit(dataset, epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch,
-                  steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+        try:
+            model.fit(dataset, epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch,
+                      steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+        finally:  # a fit that raised never called on_train_end
+            stopper.restore()
         if not guard.bad:
             break
         step, keys = guard.bad
         good = latest_checkpoint(model_dir)
         problem = f"non-finite {', '.join(keys)} at batch {step}"
-        if attempt == nan_retries or not good:
+        if attempt == nan_retries or not good or stopper.received is not None:
             kept = f"last good checkpoint kept: {good}" if good else f"no checkpoint saved yet in {model_dir}"
             retried = f" (after {attempt} {'retry' if attempt == 1 else 'retries'})" if attempt else ""
             raise TrainingDiverged(f"{problem}{retried}; training stopped, {kept}")
@@ -230,7 +248,10 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
             cb.trim_step_log(step_log, done, write_text)
         print(f"warning: {problem}; retry {attempt + 1} of {nan_retries} from {good} on the same batches",
               file=sys.stderr)
-    log(f"trained {int(model.batch_count.numpy()) - first} batches in {time.time() - start:.1f} s")
+    reached = int(model.batch_count.numpy())
+    log(f"trained {reached - first} batches in {time.time() - start:.1f} s")
+    if stopper.received is not None and reached < total:
+        raise TrainingInterrupted(stopper.received, reached, latest_checkpoint(model_dir))
     return model
 
 

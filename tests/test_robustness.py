@@ -429,6 +429,81 @@ def test_sigkill_mid_training_then_resume_keeps_every_checkpoint_loadable(small_
     assert no_temp_files(model_dir)
 
 
+def test_sigterm_mid_training_saves_the_batch_reached_and_exits_143(small_patch_set, tmp_path):
+    """Bullet: training never loses work. SIGTERM (a scheduler's stop, `kill`) finishes the batch
+    in flight and saves the full state there, with no periodic checkpoint due (every 1000), then
+    exits 143 with one line naming the checkpoint; that state loads at the batch the step log
+    reached. (One training subprocess, ~15 s on an idle 2-core CPU.)"""
+    from ddcgan_tf.callbacks import read_step_log
+    from ddcgan_tf.train import build_model
+
+    model_dir = str(tmp_path / "run")
+    step_log = os.path.join(model_dir, "steps.jsonl")
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
+    proc = subprocess.Popen([sys.executable, "-m", "ddcgan_tf.cli.train", f"--model_dir={model_dir}",
+                             f"--data={small_patch_set}", "--batch_size=4", "--steps=500",
+                             "--checkpoint_every=1000", "--verbose=0", "--tensorboard=false"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    try:
+        while not (os.path.exists(step_log) and len(read_step_log(step_log)) >= 2):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline, "no two logged batches within 240 s"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    lines = err.decode().strip().splitlines()
+    assert proc.returncode == 128 + signal.SIGTERM, lines
+    steps = [row["step"] for row in read_step_log(step_log)]
+    reached = steps[-1]
+    assert steps == list(range(1, reached + 1)) and 2 <= reached < 500
+    saved = ckpt.list_checkpoints(model_dir)
+    assert [s for s, _ in saved] == [reached]
+    assert lines == [f"ddcgan-train: stopped by SIGTERM after batch {reached}; the full state is saved in "
+                     f"{saved[0][1]}; the same command resumes from it"]
+    model = build_model(patch_size=32)
+    ckpt.load_state(model, saved[0][1])
+    assert int(model.batch_count.numpy()) == reached
+    assert no_temp_files(model_dir)
+
+
+def test_graceful_stop_takes_the_first_signal_and_a_second_acts_as_before():
+    """The stop callback's handlers: the first SIGINT (Ctrl-C) or SIGTERM only asks fit to stop;
+    a second one goes at once to the handler that was there before fit (Python's own raises
+    KeyboardInterrupt; here a recorder stands in for it, so no interrupt can land in a garbage
+    collector callback); fit's end puts that handler back."""
+    import types
+
+    from ddcgan_tf.callbacks import GracefulStop
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        calls = []
+        original = signal.signal(sig, lambda s, f: calls.append(s))
+        before = signal.getsignal(sig)
+        try:
+            stop = GracefulStop()
+            stop.set_model(types.SimpleNamespace(stop_training=False))
+            stop.on_train_begin()
+            os.kill(os.getpid(), sig)
+            time.sleep(0.05)  # the handler runs at the next bytecode
+            assert calls == [] and stop.received == sig and stop.model.stop_training
+            stop.model.stop_training = False
+            stop.on_train_batch_end(0)  # Keras resets the flag between epochs
+            assert stop.model.stop_training
+            os.kill(os.getpid(), sig)
+            time.sleep(0.05)
+            assert calls == [sig] and signal.getsignal(sig) is before
+            stop.on_train_begin()
+            stop.on_train_end()
+            assert signal.getsignal(sig) is before
+        finally:
+            signal.signal(sig, original)
+
+
 def test_nan_loss_in_the_cli_is_one_line_and_exit_3(tmp_path):
     """Bullet: a NaN/Inf loss stops training with a clear message and keeps the last good
     checkpoint. The library behaviour (stop, keep the checkpoint, TrainingDiverged) is

@@ -1,12 +1,16 @@
 """ddcgan-train: train or resume a DDcGAN on an HDF5 patch set.
 
 Exit status: 0 done; 2 bad input or an output that cannot be written (one line on stderr);
-3 a loss became NaN/Inf (one line; the last good checkpoint is kept).
+3 a loss became NaN/Inf (one line; the last good checkpoint is kept); 128 + the signal's number
+(143 SIGTERM, 130 SIGINT/Ctrl-C) stopped by a signal after a whole batch, its state saved (one
+line; the same command resumes).
 """
+import sys
+
 from absl import flags
 
 from ddcgan_tf import config as C
-from ddcgan_tf.cli.common import error_exit, run_main
+from ddcgan_tf.cli.common import error_exit, one_line, run_main
 
 EXIT_DIVERGED = 3
 
@@ -62,7 +66,7 @@ OVERRIDES = ("learning_rate", "lr_decay_rate", "content_weight", "grad_weight", 
 
 def main(argv):
     del argv
-    from ddcgan_tf.train import TrainingDiverged, train
+    from ddcgan_tf.train import TrainingDiverged, TrainingInterrupted, train
 
     overrides = {k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None}
     if overrides.get("clip_value") == 0:
@@ -77,6 +81,9 @@ def main(argv):
               nan_retries=FLAGS.nan_retries, init_from=FLAGS.init_from)
     except TrainingDiverged as e:
         error_exit("ddcgan-train", e, EXIT_DIVERGED)
+    except TrainingInterrupted as e:  # not an error: one line, and the shell's status for the signal
+        print(f"ddcgan-train: {one_line(e)}", file=sys.stderr)
+        sys.exit(128 + e.signum)
 
 
 def run():
