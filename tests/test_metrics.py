@@ -174,6 +174,22 @@ def test_ms_ssim():
     assert math.isnan(M.ms_ssim(x[:100], y[:100]))  # coarsest scale below 11 x 11
 
 
+@pytest.mark.parametrize("shape", [(192, 200), (193, 201)])
+def test_ms_ssim_equals_tensorflows_ssim_multiscale(shape):
+    """Every term of MS-SSIM (the contrast-structure products of scales 1-4, the 2 x 2 halving
+    with odd sizes padded by their edge, the weights' order, the clip at 0) against an
+    independent implementation, tf.image.ssim_multiscale (same window, constants and weights;
+    it computes in float32, hence the tolerance). A fusion-like distortion: gain, offset and
+    noise, so that SSIM and contrast-structure differ at every scale."""
+    import tensorflow as tf
+
+    x = smooth_image(shape, 2.0, 5)
+    y = np.clip(0.7 * x + 30 + np.random.default_rng(6).normal(0, 25, x.shape), 0, 255)
+    ref = float(tf.image.ssim_multiscale(tf.constant(x[None, ..., None], tf.float32),
+                                         tf.constant(y[None, ..., None], tf.float32), max_val=255.0)[0])
+    assert M.ms_ssim(x, y) == pytest.approx(ref, abs=2e-5)
+
+
 # ----------------------------------------------------------------------------- VIF
 
 def _vifp_mscale_reference(ref, dist):
