@@ -81,6 +81,31 @@ def test_d_step_repeats_until_its_loss_is_at_most_l_max(official):
     assert total > 3  # it did repeat
 
 
+def test_each_d_repeat_recomputes_the_loss_its_loop_tests():
+    """Phase 2 tests the loss *after* each step (official train.py runs `sess.run(D1_loss)` again
+    inside its while loop): with L_max below both discriminators' losses before the batch but
+    above what a few steps reach, the loop stops early, and the loss it reports (the one it
+    tested) is the loss of the weights it stopped with, recomputed here from outside. A loop
+    that kept its first loss would run to I_max. A D batch of the alternation (G fixed); SGD at 0.02 so that a few steps
+    move the losses far (measured: Dv 2.36 -> 0.01, Di 2.71 -> 1.40 in three steps)."""
+    data = batch(0)
+
+    def losses_now(m):
+        fused, fused_lr = m._fakes(*data)
+        return float(m._dv_loss(data[0], fused, fused_lr)), float(m._di_loss(data[1], fused, fused_lr))
+
+    m = Compiled("official", learning_rate=0.02)
+    l_max = 1.8
+    assert min(losses_now(m.model)) > l_max
+    out = m.step(data, l_max=l_max, l_min=-1.0, g_max=1e9, max_repeats=20)
+    assert out["g_steps"] == 0 and 1 <= out["dv_steps"] <= 3 and 1 <= out["di_steps"] <= 3
+    assert max(out["dv_steps"], out["di_steps"]) >= 2  # a repeat happened
+    recomputed = losses_now(m.model)
+    for k, name in enumerate(("dv", "di")):
+        assert out[f"{name}_loss"] <= l_max
+        assert out[f"{name}_loss"] == pytest.approx(recomputed[k], rel=1e-5)
+
+
 def test_no_repeats_when_every_net_is_in_its_band(official):
     m = official.model
     before = int(m.optimizer_steps.numpy()), int(m.batch_count.numpy())
