@@ -42,6 +42,7 @@ from ddcgan_tf.checkpoint import latest_checkpoint, read_configs, resolve  # noq
 from ddcgan_tf.data import batch_stream, check_seed  # noqa: E402
 from ddcgan_tf.errors import InputError  # noqa: E402
 from ddcgan_tf.images import atomic_write  # noqa: E402
+from ddcgan_tf.signals import StopRequest  # noqa: E402
 from ddcgan_tf.record import (JAX_TRAINER, RECORD_FILE, add_segment, cpu_name, read_record,  # noqa: E402
                               write_record)
 
@@ -482,6 +483,8 @@ def train(args):
     Starts from the newest ckpt-*.h5 of --model_dir when there is one (resume: its own
     configuration), else from --init's whole state (weights, optimizer slots, counters) with the
     preset and overrides given here. Checkpoints are named by batch_count, as ddcgan-train's.
+    SIGTERM or Ctrl-C finishes the batch, saves the full state there and returns 128 + the
+    signal (`ddcgan_tf.signals`); a second signal kills at once.
     """
     import jax
     import jax.numpy as jnp
@@ -532,38 +535,47 @@ def train(args):
 
     log_path = os.path.join(args.model_dir, "steps.jsonl")
     t0 = time.time()
-    deadline = t0 + args.max_seconds if args.max_seconds else None
-    first, pending, t_prev = step, [], t0
     batches = batch_stream(n, args.batch_size, seed, start=step)
     print(f"{n} patches, {spe} batches per epoch; from {resume or args.init} at batch {step}; "
           f"{jax.devices()[0]}; {cfg.to_json()}", flush=True)
-    while step < args.steps:
-        vis, ir = take(vis_dev, ir_dev, jnp.asarray(next(batches)))
-        state, out = trainer.step(state, vis, ir)
-        step += 1
-        pending.append((step, out))
-        last = step >= args.steps or (deadline is not None and time.time() > deadline)
-        save = step % args.checkpoint_every == 0 or last
-        if len(pending) >= args.log_every or save:
-            rows = jax.device_get(pending)  # the only host sync: every log_every batches
-            now = time.time()
-            with open(log_path, "a") as f:  # batch times spread evenly since the last fetch
-                for k, (s, o) in enumerate(rows, 1):
-                    t = t_prev + k * (now - t_prev) / len(rows)
-                    f.write(json.dumps({"step": s, "time": round(t, 3), **{key: float(v) for key, v in o.items()}}) + "\n")
-            t_prev = now
-            pending = []
-            s, o = rows[-1]
-            print(f"batch {s} g {o['g_loss']:.3f} dv {o['dv_loss']:.3f} di {o['di_loss']:.3f} "
-                  f"steps {o['dv_steps']:.0f}/{o['di_steps']:.0f}/{o['g_steps']:.0f} "
-                  f"{(now - t0) / (s - first):.3f} s/batch", flush=True)
-            if not all(np.isfinite(float(o["g_loss"])) for _, o in rows):
-                print("non-finite loss: stopped; the last checkpoint is kept", flush=True)
-                return 3
-        if save:
-            write_state(os.path.join(args.model_dir, f"ckpt-{step:08d}.h5"), pack(state, template), new_attrs)
-        if last:
-            break
+    stop = StopRequest().install()  # SIGTERM / Ctrl-C: finish the batch, save, exit 128 + signal
+    deadline = t0 + args.max_seconds if args.max_seconds else None
+    first, pending, t_prev = step, [], t0
+    try:
+        while step < args.steps:
+            vis, ir = take(vis_dev, ir_dev, jnp.asarray(next(batches)))
+            state, out = trainer.step(state, vis, ir)
+            step += 1
+            pending.append((step, out))
+            last = (step >= args.steps or (deadline is not None and time.time() > deadline)
+                    or stop.received is not None)
+            save = step % args.checkpoint_every == 0 or last
+            if len(pending) >= args.log_every or save:
+                rows = jax.device_get(pending)  # the only host sync: every log_every batches
+                now = time.time()
+                with open(log_path, "a") as f:  # batch times spread evenly since the last fetch
+                    for k, (s, o) in enumerate(rows, 1):
+                        t = t_prev + k * (now - t_prev) / len(rows)
+                        f.write(json.dumps({"step": s, "time": round(t, 3), **{key: float(v) for key, v in o.items()}}) + "\n")
+                t_prev = now
+                pending = []
+                s, o = rows[-1]
+                print(f"batch {s} g {o['g_loss']:.3f} dv {o['dv_loss']:.3f} di {o['di_loss']:.3f} "
+                      f"steps {o['dv_steps']:.0f}/{o['di_steps']:.0f}/{o['g_steps']:.0f} "
+                      f"{(now - t0) / (s - first):.3f} s/batch", flush=True)
+                if not all(np.isfinite(float(o["g_loss"])) for _, o in rows):
+                    print("non-finite loss: stopped; the last checkpoint is kept", flush=True)
+                    return 3
+            if save:
+                path = os.path.join(args.model_dir, f"ckpt-{step:08d}.h5")
+                write_state(path, pack(state, template), new_attrs)
+            if last:
+                if stop.received is not None and step < args.steps:
+                    print(stop.message(step, path), file=sys.stderr, flush=True)
+                    return 128 + stop.received
+                break
+    finally:
+        stop.restore()
     return 0
 
 

@@ -6,8 +6,6 @@ A log or summary that cannot be written (disk full, read-only directory) raises
 import json
 import math
 import os
-import signal
-import threading
 import time
 
 import keras
@@ -15,6 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from ddcgan_tf.images import WriteError, os_problem
+from ddcgan_tf.signals import StopRequest
 
 
 def _scalar_logs(logs):
@@ -46,33 +45,27 @@ class Checkpoint(keras.callbacks.Callback):
 class GracefulStop(keras.callbacks.Callback):
     """On SIGTERM or SIGINT (Ctrl-C, a scheduler's stop) the batch in flight finishes and `fit`
     stops; `Checkpoint.on_train_end` then saves the full state, so a stopped run loses nothing
-    and resumes from that batch. A second signal while stopping acts as it did before `fit`
-    (a kill; the newest checkpoint on disk stays whole). Handlers are installed only in the main
-    thread (Python's rule) and put back when `fit` ends; `received` holds the signal number."""
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+    and resumes from that batch (`signals.StopRequest`: a second signal kills as before; the
+    newest checkpoint on disk stays whole). The handlers live from `fit`'s start to its end;
+    `request.received` holds the signal number."""
 
     def __init__(self):
         super().__init__()
-        self.received, self._previous = None, {}
+        self.request = StopRequest(on_signal=self._stop)
 
-    def _handle(self, signum, frame):
-        if self.received is not None:  # a second signal: the previous behaviour, at once
-            self.restore()
-            signal.raise_signal(signum)
-            return
-        self.received = signum
+    def _stop(self):
         self.model.stop_training = True
+
+    @property
+    def received(self):
+        return self.request.received
 
     def restore(self):
         """Puts back the handlers from before `fit` (also after a `fit` that raised)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, signal.SIG_DFL if handler is None else handler)  # None: set outside Python
-        self._previous = {}
+        self.request.restore()
 
     def on_train_begin(self, logs=None):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        self.request.install()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.received is not None:  # Keras may have reset the flag between epochs

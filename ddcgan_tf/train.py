@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import signal
 import sys
 import time
 
@@ -31,11 +30,9 @@ class TrainingInterrupted(KeyboardInterrupt):
     saved (`checkpoint`), and the same call resumes from it. A KeyboardInterrupt, so a notebook
     or script treats it as the interrupt it was."""
 
-    def __init__(self, signum, step, checkpoint):
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-        saved = (f"the full state is saved in {checkpoint}; the same command resumes from it" if checkpoint
-                 else "this worker writes no checkpoints (the chief does)")
-        super().__init__(f"stopped by {signal.Signals(signum).name} after batch {step}; {saved}")
+    def __init__(self, request, step, checkpoint):
+        self.signum, self.step, self.checkpoint = request.received, step, checkpoint
+        super().__init__(request.message(step, checkpoint))
 
 
 def _check_count(flag, value, allow_none=False, allow_zero=False):
@@ -251,7 +248,7 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     reached = int(model.batch_count.numpy())
     log(f"trained {reached - first} batches in {time.time() - start:.1f} s")
     if stopper.received is not None and reached < total:
-        raise TrainingInterrupted(stopper.received, reached, latest_checkpoint(model_dir))
+        raise TrainingInterrupted(stopper.request, reached, latest_checkpoint(model_dir))
     return model
 
 

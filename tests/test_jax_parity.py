@@ -112,15 +112,23 @@ def test_one_jax_batch_equals_the_tf_train_step(tmp_path, preset, schedule, batc
         assert float(out[k]) == pytest.approx(v, rel=3e-2, abs=1e-5), k
 
 
-def test_jax_run_writes_checkpoints_that_tensorflow_resumes(tmp_path, small_patch_set, monkeypatch):
+def test_jax_run_writes_checkpoints_that_tensorflow_resumes(tmp_path, small_patch_set, monkeypatch, capsys):
     """A short JAX run from a TF state leaves ckpt-*.h5, steps.jsonl and config.json that the
     TF tools read: load_state restores it into a compiled model, batch counter included. Its
-    batches are ddcgan-train's stream (data.batch_stream), resumed where the run stopped."""
+    batches are ddcgan-train's stream (data.batch_stream), resumed where the run stopped. The
+    resume is stopped by SIGTERM (`timeout`, a lease ending) while its first batch is drawn: it
+    finishes that batch, saves the full state there (no periodic checkpoint is due), prints one
+    line and returns 143, its handler put back. (Folded in here: each jt.main compiles anew.)"""
+    import signal
+
     streams = []
 
     def spy(size, batch_size, seed, start=0):
         streams.append((batch_size, seed, start))
-        return batch_stream(size, batch_size, seed, start)
+        for k, idx in enumerate(batch_stream(size, batch_size, seed, start), start + 1):
+            if k == 4 and len(streams) == 2:  # the resume's first batch
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield idx
 
     monkeypatch.setattr(jt, "batch_stream", spy)
     init = str(tmp_path / "init.h5")
@@ -147,9 +155,24 @@ def test_jax_run_writes_checkpoints_that_tensorflow_resumes(tmp_path, small_patc
     checkpoint.load_state(model, os.path.join(run, "ckpt-00000003.h5"))
     assert int(model.batch_count.numpy()) == 3
     assert int(model.optimizer_steps.numpy()) >= 5  # Dv and Di, G, Dv and Di at least
-    # resuming continues from the newest checkpoint
-    assert jt.main(["--data", small_patch_set, "--init", init, "--model_dir", run, "--steps", "4",
-                    "--checkpoint_every", "2", "--log_every", "1", "--batch_size", "12"]) == 0
+    # resuming continues from the newest checkpoint, until SIGTERM (a recorder stands in for the
+    # earlier handler, so a trainer that did not take the signal fails instead of killing pytest)
+    calls = []
+
+    def recorder(signum, frame):
+        calls.append(signum)
+
+    original = signal.signal(signal.SIGTERM, recorder)
+    try:
+        status = jt.main(["--data", small_patch_set, "--init", init, "--model_dir", run, "--steps", "50",
+                          "--checkpoint_every", "1000", "--log_every", "1000", "--batch_size", "12"])
+        assert calls == [] and signal.getsignal(signal.SIGTERM) is recorder  # taken, then put back
+    finally:
+        signal.signal(signal.SIGTERM, original)
+    assert status == 128 + signal.SIGTERM
+    stopped = os.path.join(run, "ckpt-00000004.h5")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"stopped by SIGTERM after batch 4; the full state is saved in {stopped}; the same command resumes from it")
     assert [r["step"] for r in read_step_log(os.path.join(run, "steps.jsonl"))] == [1, 2, 3, 4]
     assert streams == [(12, 5, 0), (12, 5, 3)]  # the recorded seed, from batch 4 on
     # ddcgan-train goes on with the JAX run (a GPU lease, then a CPU) and keeps its record:
