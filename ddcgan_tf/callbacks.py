@@ -46,8 +46,9 @@ class GracefulStop(keras.callbacks.Callback):
     """On SIGTERM or SIGINT (Ctrl-C, a scheduler's stop) the batch in flight finishes and `fit`
     stops; `Checkpoint.on_train_end` then saves the full state, so a stopped run loses nothing
     and resumes from that batch (`signals.StopRequest`: a second signal kills as before; the
-    newest checkpoint on disk stays whole). The handlers live from `fit`'s start to its end;
-    `request.received` holds the signal number."""
+    newest checkpoint on disk stays whole). The handlers live from `fit`'s start to its end:
+    put it last among the callbacks, since Keras ends them in order and a signal during
+    Checkpoint's final save must still be taken. `request.received` holds the signal number."""
 
     def __init__(self):
         super().__init__()

@@ -10,8 +10,8 @@ import tensorflow as tf
 
 from ddcgan_tf import callbacks as cb
 from ddcgan_tf import config as C
-from ddcgan_tf.checkpoint import (CheckpointManager, latest_checkpoint, load_networks, read_steps_per_epoch,
-                                  warm_start_file)
+from ddcgan_tf.checkpoint import (CheckpointManager, latest_checkpoint, list_checkpoints, load_networks,
+                                  read_steps_per_epoch, warm_start_file)
 from ddcgan_tf.data import PatchSet, batch_stream, batches_per_epoch, check_seed, make_dataset, new_seed
 from ddcgan_tf.ddcgan import DDcGAN
 from ddcgan_tf.errors import InputError
@@ -212,7 +212,7 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         return model
     guard, stopper = cb.NaNGuard(), cb.GracefulStop()
     # StepLog before Checkpoint: a saved step is always logged already
-    callbacks = [stopper, cb.StopAtStep(total), guard]
+    callbacks = [cb.StopAtStep(total), guard]
     if chief:
         callbacks += [cb.StepLog(step_log), cb.Checkpoint(manager, checkpoint_every)]
     if tensorboard and chief:
@@ -220,6 +220,8 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         check_output_dir(log_dir, create=True)
         vis, ir = patches.take(next(batch_stream(len(patches), batch_size, seed))[:3])  # batch 1's first 3
         callbacks.append(cb.SampleImages(log_dir, vis, ir, sample_every))
+    # last: Keras ends the callbacks in order, so the handlers stay until Checkpoint's final save
+    callbacks.append(stopper)
     start, first = time.time(), done
     for attempt in range(nan_retries + 1):
         guard.bad, model.diverged = None, False
@@ -235,10 +237,12 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         step, keys = guard.bad
         good = latest_checkpoint(model_dir)
         problem = f"non-finite {', '.join(keys)} at batch {step}"
-        if attempt == nan_retries or not good or stopper.received is not None:
+        if attempt == nan_retries or not good:
             kept = f"last good checkpoint kept: {good}" if good else f"no checkpoint saved yet in {model_dir}"
             retried = f" (after {attempt} {'retry' if attempt == 1 else 'retries'})" if attempt else ""
             raise TrainingDiverged(f"{problem}{retried}; training stopped, {kept}")
+        if stopper.received is not None:  # asked to stop: the retry is the resume's, from `good`
+            raise TrainingInterrupted(stopper.request, list_checkpoints(model_dir)[-1][0], good)
         good = manager.restore_latest(model)
         done = int(model.batch_count.numpy())
         if chief:

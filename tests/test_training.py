@@ -165,6 +165,78 @@ def test_nan_retries_restore_the_last_checkpoint_after_a_transient_fault(small_p
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6, err_msg=a.path)
 
 
+@pytest.fixture
+def sigterm_recorder():
+    """SIGTERM goes to a recorder while a test runs: a trainer that did not take a signal shows
+    up in the list instead of killing pytest."""
+    import signal
+
+    calls = []
+
+    def recorder(signum, frame):
+        calls.append(signum)
+
+    original = signal.signal(signal.SIGTERM, recorder)
+    yield calls
+    signal.signal(signal.SIGTERM, original)
+
+
+def test_a_signal_during_the_final_save_is_taken_and_the_save_completes(small_patch_set, tmp_path,
+                                                                       monkeypatch, sigterm_recorder):
+    """SIGTERM while the run's last checkpoint is being written (a stop that lands as the run
+    ends): the stop handler still holds it (the stop callback ends after the Checkpoint one),
+    so the save completes and the run returns, every batch kept. (The handlers came off before
+    the save once, and the run was killed with no checkpoint.)"""
+    import signal
+
+    real_save = ckpt.CheckpointManager.save
+
+    def save_with_a_stop(self, model):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(self, model)
+
+    monkeypatch.setattr(ckpt.CheckpointManager, "save", save_with_a_stop)
+    model_dir = str(tmp_path / "run")
+    model = train(small_patch_set, model_dir, steps=3, batch_size=4, checkpoint_every=1000, tensorboard=False,
+                  verbose=0)
+    assert sigterm_recorder == [] and signal.getsignal(signal.SIGTERM).__name__ == "recorder"
+    assert int(model.batch_count.numpy()) == 3
+    assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [3]
+
+
+def test_a_signal_with_a_nan_and_retries_left_stops_at_the_last_good_checkpoint(small_patch_set, tmp_path,
+                                                                               monkeypatch, sigterm_recorder):
+    """SIGTERM during the batch whose loss turns NaN, with --nan_retries left: the run stops as
+    interrupted (exit 143 in the CLI: resume it), at the last good checkpoint, not as diverged
+    (exit 3: a wrapper would give up a run that the retry would have saved)."""
+    import signal
+
+    import ddcgan_tf.train as train_module
+    from ddcgan_tf.train import TrainingInterrupted
+
+    def faulty_dataset(*a, **k):  # batch 3 is non-finite, and a stop arrives with it
+        ds, patches = make_dataset(*a, **k)
+
+        def batches():
+            for n, (vis, ir) in enumerate(ds):
+                if n == 2:
+                    os.kill(os.getpid(), signal.SIGTERM)
+                yield (vis * np.nan if n == 2 else vis), ir
+
+        return tf.data.Dataset.from_generator(batches, output_signature=ds.element_spec), patches
+
+    monkeypatch.setattr(train_module, "make_dataset", faulty_dataset)
+    model_dir = str(tmp_path / "run")
+    with pytest.raises(TrainingInterrupted) as stop:
+        train(small_patch_set, model_dir, steps=6, batch_size=4, checkpoint_every=2, tensorboard=False,
+              verbose=0, nan_retries=2)
+    good = os.path.join(model_dir, "ckpt-00000002.h5")
+    assert (stop.value.signum, stop.value.step, stop.value.checkpoint) == (signal.SIGTERM, 2, good)
+    assert str(stop.value) == (f"stopped by SIGTERM after batch 2; the full state is saved in {good}; "
+                               f"the same command resumes from it")
+    assert sigterm_recorder == [] and [s for s, _ in ckpt.list_checkpoints(model_dir)] == [2]
+
+
 @pytest.mark.parametrize("override", [dict(clip_value=-8.0), dict(learning_rate=0.0), dict(max_repeats=0)])
 def test_settings_no_run_can_mean_are_refused_before_training(small_patch_set, tmp_path, override):
     """A negative clip bound set every weight to +8 and the run stopped as 'diverged' (exit 3)."""
