@@ -20,7 +20,7 @@ import pytest
 
 from ddcgan_tf import checkpoint as ckpt
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.images import WriteError, atomic_write, list_images, read_grey, read_rgb
+from ddcgan_tf.images import WriteError, atomic_write, list_images, read_grey, read_raw, read_rgb
 from ddcgan_tf.patches import build_patch_set, cut_pair
 
 from conftest import REPO, synthetic_pair, write_pairs
@@ -262,6 +262,68 @@ def test_16_bit_and_rgb_inputs_are_converted(tmp_path):
     iio.imwrite(tmp_path / "wide.tif", ramp.astype(np.uint32))
     with pytest.raises(InputError, match="8- or 16-bit"):
         read_grey(tmp_path / "wide.tif")
+
+
+def _png16(path, samples, colour, filters=(0, 1, 2, 3, 4), interlace=0, split=3):
+    """A 16-bit PNG written from the spec (ISO/IEC 15948 sections 9-11), independently of the
+    reader: row y uses filter filters[y % len], computed forward from the raw bytes; the zlib
+    stream is cut into `split` IDAT chunks; a tEXt chunk sits among them."""
+    import struct
+    import zlib
+
+    h, w = samples.shape[:2]
+    raw = samples.astype(">u2").reshape(h, -1).view(np.uint8).astype(np.int32)
+    bpp = 2 * (samples.shape[2] if samples.ndim == 3 else 1)
+    rows = []
+    for y in range(h):
+        x = raw[y]
+        a = np.concatenate([np.zeros(bpp, np.int32), x[:-bpp]])  # left
+        b = raw[y - 1] if y else np.zeros_like(x)  # up
+        c = np.concatenate([np.zeros(bpp, np.int32), b[:-bpp]])  # up-left
+        kind = filters[y % len(filters)]
+        p = a + b - c
+        paeth = np.where((abs(p - a) <= abs(p - b)) & (abs(p - a) <= abs(p - c)), a,
+                         np.where(abs(p - b) <= abs(p - c), b, c))
+        pred = {0: 0, 1: a, 2: b, 3: (a + b) // 2, 4: paeth}[kind]
+        rows.append(bytes([kind]) + ((x - pred) % 256).astype(np.uint8).tobytes())
+    stream = zlib.compress(b"".join(rows))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    cut = [stream[k * len(stream) // split:(k + 1) * len(stream) // split] for k in range(split)]
+    body = [chunk(b"IDAT", part) for part in cut]
+    body.insert(1, chunk(b"tEXt", b"Comment\x00made by the test"))
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, interlace))
+                + b"".join(body) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("colour, channels", [(2, 3), (6, 4), (4, 2)])
+def test_16_bit_colour_pngs_keep_their_depth(tmp_path, colour, channels):
+    """Pillow reads 16-bit RGB, RGBA and grey+alpha PNGs at 8 bits (a dark image came out
+    black); they are decoded with their 16 bits, every PNG row filter exercised."""
+    rng = np.random.default_rng(colour)
+    dark = rng.integers(0, 300, (9, 13, channels)).astype(np.uint16)  # under 1/255 of full scale
+    full = rng.integers(0, 65536, (9, 13, channels)).astype(np.uint16)
+    few = rng.choice(np.array([0, 2, 6, 0x0206, 0x0600], np.uint16), (40, 30, channels))  # Paeth ties
+    for name, samples in (("dark", dark), ("full", full), ("few", few)):
+        path = str(tmp_path / f"{name}.png")
+        _png16(path, samples, colour)
+        np.testing.assert_array_equal(read_raw(path), samples)
+    rgb = read_rgb(str(tmp_path / "dark.png"))
+    expected = dark[..., :3] if channels >= 3 else np.repeat(dark[..., :1], 3, axis=-1)
+    np.testing.assert_allclose(rgb, expected / 65535.0, atol=1e-7)
+    assert rgb.max() > 0
+    _png16(str(tmp_path / "laced.png"), full, colour, interlace=1)
+    with pytest.raises(InputError, match="interlaced 16-bit colour PNG is not supported"):
+        read_raw(str(tmp_path / "laced.png"))
+    with open(tmp_path / "full.png", "rb") as f:
+        data = f.read()
+    with open(tmp_path / "cut.png", "wb") as f:
+        f.write(data[:len(data) // 2])
+    with pytest.raises(InputError, match="corrupt PNG data|truncated PNG data"):
+        read_raw(str(tmp_path / "cut.png"))
 
 
 def test_outputs_never_overwrite_the_inputs_and_names_pair_unambiguously(tmp_path):
