@@ -152,8 +152,9 @@ def _read_png16_colour(path):
 
     Pillow, under imageio, decodes these to 8 bits (a dark one reads as black), so their IDAT
     stream is decoded here (PNG spec, ISO/IEC 15948 sections 9-10: zlib, then the five
-    per-row filters, big-endian samples). Interlaced (Adam7) ones are refused in one line.
-    Ancillary chunks (gamma, palette hints) are ignored, as imageio ignores them.
+    per-row filters, big-endian samples), every chunk's CRC checked. Interlaced (Adam7) ones
+    are refused in one line; animated ones (acTL) are left to imageio. Ancillary chunks
+    (gamma, palette hints) are ignored, as imageio ignores them.
     """
     with open(path, "rb") as f:
         head = f.read(33)
@@ -161,25 +162,44 @@ def _read_png16_colour(path):
                 or head[24] != 16 or head[25] not in _PNG16_CHANNELS):
             return None
         data = head + f.read()
-    w, h, _, colour, _, _, interlace = struct.unpack(">IIBBBBB", head[16:29])
-    if interlace:
-        raise InputError(path, "interlaced 16-bit colour PNG is not supported (save it without "
-                               "interlacing, or as a 16-bit TIFF)")
-    idat, pos = [], 8
+    chunks, pos = [], 8
     while pos + 8 <= len(data):
         length, kind = struct.unpack(">I4s", data[pos:pos + 8])
-        if kind == b"IDAT":
-            idat.append(data[pos + 8:pos + 8 + length])
+        body, crc = data[pos + 8:pos + 8 + length], data[pos + 8 + length:pos + 12 + length]
+        if len(crc) < 4:
+            raise InputError(path, "not a readable image (truncated PNG data)")
+        if zlib.crc32(kind + body) != struct.unpack(">I", crc)[0]:
+            raise InputError(path, f"not a readable image (corrupt PNG data: the "
+                                   f"{kind.decode('latin-1')} chunk fails its CRC)")
+        chunks.append((kind, body))
         if kind == b"IEND":
             break
         pos += 12 + length
+    kinds = {kind for kind, _ in chunks}
+    if b"acTL" in kinds:
+        return None  # an animated PNG: imageio reads its frames, and read_raw refuses several
+    w, h, _, colour, method, filtering, interlace = struct.unpack(">IIBBBBB", head[16:29])
+    if method or filtering or not (w and h):
+        raise InputError(path, f"not a readable image (corrupt PNG header: {w} x {h}, compression "
+                               f"{method}, filter method {filtering})")
+    if interlace:
+        raise InputError(path, "interlaced 16-bit colour PNG is not supported (save it without "
+                               "interlacing, or as a 16-bit TIFF)")
+    from PIL import Image  # imageio's own dependency: its decompression-bomb limit
+
+    if w * h > 2 * Image.MAX_IMAGE_PIXELS:
+        raise InputError(path, f"image too large ({w} x {h} pixels, over {2 * Image.MAX_IMAGE_PIXELS}: "
+                               f"a decompression bomb?)")
     channels = _PNG16_CHANNELS[colour]
     bpp, stride = 2 * channels, 2 * channels * w
-    try:
-        raw = zlib.decompress(b"".join(idat))
+    try:  # never more than the image needs, whatever the stream holds
+        raw = zlib.decompressobj().decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"),
+                                              h * (stride + 1))
     except zlib.error as e:
         raise InputError(path, f"not a readable image (corrupt PNG data: {e})") from None
-    if w == 0 or h == 0 or len(raw) < h * (stride + 1):
+    except MemoryError:
+        raise InputError(path, "cannot read image (out of memory: is it huge or corrupt?)") from None
+    if len(raw) < h * (stride + 1):
         raise InputError(path, "not a readable image (truncated PNG data)")
     out, prev = bytearray(), bytearray(stride)
     for y in range(h):

@@ -324,6 +324,43 @@ def test_16_bit_colour_pngs_keep_their_depth(tmp_path, colour, channels):
         f.write(data[:len(data) // 2])
     with pytest.raises(InputError, match="corrupt PNG data|truncated PNG data"):
         read_raw(str(tmp_path / "cut.png"))
+    # a corrupt header (height byte 9 -> 7) fails its CRC rather than giving a cropped image
+    with open(tmp_path / "short.png", "wb") as f:
+        f.write(data[:23] + b"\x07" + data[24:])
+    with pytest.raises(InputError, match="the IHDR chunk fails its CRC"):
+        read_raw(str(tmp_path / "short.png"))
+
+
+def test_16_bit_colour_png_bombs_and_animations_are_refused(tmp_path):
+    """A 1 MB file declaring 14000 x 14000 16-bit RGB (4.5 GB decoded) is refused before it is
+    inflated, as Pillow refuses its 8-bit kind; an animated 16-bit PNG (acTL) goes to imageio,
+    which reads its frames, and is refused as several frames, not read as its first."""
+    import struct
+    import zlib
+
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    def png(path, w, h, chunks):
+        with open(path, "wb") as f:
+            f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                    + b"".join(chunk(*c) for c in chunks) + chunk(b"IEND", b""))
+
+    bomb = str(tmp_path / "bomb.png")
+    png(bomb, 14000, 14000, [(b"IDAT", zlib.compress(bytes(1 << 20)))])
+    with pytest.raises(InputError, match="image too large \\(14000 x 14000 pixels"):
+        read_raw(bomb)
+    w, h = 5, 4
+    frame = zlib.compress(b"".join(b"\0" + np.full((w, 3), v, ">u2").tobytes() for v in range(h)))
+
+    def control(seq):
+        return b"fcTL", struct.pack(">IIIIIHHBB", seq, w, h, 0, 0, 1, 10, 0, 0)
+
+    anim = str(tmp_path / "anim.png")
+    png(anim, w, h, [(b"acTL", struct.pack(">II", 2, 0)), control(0), (b"IDAT", frame), control(1),
+                     (b"fdAT", struct.pack(">I", 2) + frame)])
+    with pytest.raises(InputError, match="unsupported image layout \\(2, 4, 5, 3\\)"):
+        read_raw(anim)
 
 
 def test_outputs_never_overwrite_the_inputs_and_names_pair_unambiguously(tmp_path):
