@@ -264,6 +264,14 @@ def test_16_bit_and_rgb_inputs_are_converted(tmp_path):
         read_grey(tmp_path / "wide.tif")
 
 
+def _png_chunk(kind, body):
+    """One PNG chunk: length, type, data, CRC-32 of type + data (ISO/IEC 15948 section 5.3)."""
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
 def _png16(path, samples, colour, filters=(0, 1, 2, 3, 4), interlace=0, split=3):
     """A 16-bit PNG written from the spec (ISO/IEC 15948 sections 9-11), independently of the
     reader: row y uses filter filters[y % len], computed forward from the raw bytes; the zlib
@@ -288,15 +296,12 @@ def _png16(path, samples, colour, filters=(0, 1, 2, 3, 4), interlace=0, split=3)
         rows.append(bytes([kind]) + ((x - pred) % 256).astype(np.uint8).tobytes())
     stream = zlib.compress(b"".join(rows))
 
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     cut = [stream[k * len(stream) // split:(k + 1) * len(stream) // split] for k in range(split)]
-    body = [chunk(b"IDAT", part) for part in cut]
-    body.insert(1, chunk(b"tEXt", b"Comment\x00made by the test"))
+    body = [_png_chunk(b"IDAT", part) for part in cut]
+    body.insert(1, _png_chunk(b"tEXt", b"Comment\x00made by the test"))
     with open(path, "wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, interlace))
-                + b"".join(body) + chunk(b"IEND", b""))
+        f.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, interlace))
+                + b"".join(body) + _png_chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("colour, channels", [(2, 3), (6, 4), (4, 2)])
@@ -338,13 +343,10 @@ def test_16_bit_colour_png_bombs_and_animations_are_refused(tmp_path):
     import struct
     import zlib
 
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
     def png(path, w, h, chunks):
         with open(path, "wb") as f:
-            f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-                    + b"".join(chunk(*c) for c in chunks) + chunk(b"IEND", b""))
+            f.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                    + b"".join(_png_chunk(*c) for c in chunks) + _png_chunk(b"IEND", b""))
 
     bomb = str(tmp_path / "bomb.png")
     png(bomb, 14000, 14000, [(b"IDAT", zlib.compress(bytes(1 << 20)))])
