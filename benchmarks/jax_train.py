@@ -523,7 +523,7 @@ def train(args):
     segments = add_segment(record, step + 1, **here)
     if not record:
         record = {"batch_size": args.batch_size, "data": os.path.abspath(args.data),
-                  "init_from": None, "started_from": os.path.abspath(args.init),
+                  "init_from": None, "started_from": os.path.abspath(resume or args.init),
                   "model": model_config, "patches": n, "steps_per_epoch": spe, "train": cfg.to_dict()}
     write_record(args.model_dir, {**record, **here, "seed": seed, "segments": segments})
     trainer = Trainer(cfg, spe, official_decoder=model_config.get("official_decoder", True))
@@ -591,7 +591,8 @@ def write_init(path, seed, preset, patch_size):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="HDF5 patch set (ddcgan-prepare)")
-    ap.add_argument("--init", help="TF state to start from (ckpt-*.h5 or train_state.h5)")
+    ap.add_argument("--init", help="TF state to start from (ckpt-*.h5 or train_state.h5); not needed "
+                                   "to resume a --model_dir that holds a checkpoint")
     ap.add_argument("--model_dir")
     ap.add_argument("--steps", type=int, default=1000, help="batch number to stop at")
     ap.add_argument("--max_seconds", type=float, help="stop (with a checkpoint) after this long")
@@ -612,8 +613,10 @@ def main(argv=None):
     if args.write_init:
         seed = 0 if args.seed is None else args.seed
         return write_init(args.write_init, seed, args.preset or "official", args.patch_size)
-    if not (args.data and args.init and args.model_dir):
-        ap.error("--data, --init and --model_dir are required")
+    if not (args.data and args.model_dir):
+        ap.error("--data and --model_dir are required")
+    if not (args.init or latest_checkpoint(args.model_dir)):
+        ap.error(f"--init is required: {args.model_dir} holds no ckpt-*.h5 to resume from")
     return train(args)
 
 

@@ -199,3 +199,43 @@ def test_pack_keeps_the_chosen_generator_within_the_budget_and_unpacks(job, tmp_
     with h5py.File(os.path.join(back, "a", "ckpt-00001000.h5")) as f:
         assert list(f) == ["generator"]
     assert os.path.exists(os.path.join(back, "a", "steps.jsonl")) and os.path.exists(os.path.join(back, "choice.json"))
+
+
+def test_room_names_the_committed_checkpoints_to_set_aside_for_a_device_call(tmp_path):
+    """What a device call sends (tracked, untracked-not-ignored and carried files) against its
+    limit: the third lease's call was over it (55 MB of committed checkpoints plus the 20 MB
+    carry). Only unmodified committed files under checkpoints/ are named, largest first, until
+    the rest fits; where even that is not enough it says so."""
+    import subprocess
+
+    repo = tmp_path / "repo"
+    (repo / "checkpoints" / "a").mkdir(parents=True)
+    (repo / ".gpu").mkdir()
+
+    def write(rel, n):
+        (repo / rel).write_bytes(b"x" * n)
+
+    write("checkpoints/a/big.h5", 5000)
+    write("checkpoints/a/mid.h5", 3000)
+    write("checkpoints/a/edited.h5", 8000)
+    write("code.py", 1000)
+    (repo / ".gitignore").write_text(".gpu/\nruns/\n")
+    git = ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run(git + ["init", "-q"], check=True)
+    subprocess.run(git + ["add", "."], check=True)
+    subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    write("checkpoints/a/edited.h5", 8001)  # modified: never offered (its change would be lost)
+    write("notes.txt", 500)  # untracked, not ignored: travels
+    write(".gpu/init.h5", 4000)  # carried
+    (repo / "runs").mkdir()
+    write("runs/big.h5", 10**6)  # ignored and not carried: stays
+    sizes = dict((p, n) for n, p in pack.travelling(str(repo), [".gpu/init.h5"]))
+    assert sizes.keys() == {"checkpoints/a/big.h5", "checkpoints/a/mid.h5", "checkpoints/a/edited.h5",
+                            "code.py", ".gitignore", "notes.txt", ".gpu/init.h5"}
+    total = sum(sizes.values())
+    assert pack.room(str(repo), [".gpu/init.h5"], limit=total) == (total, [])
+    assert pack.room(str(repo), [".gpu/init.h5"], limit=total - 1) == (total, ["checkpoints/a/big.h5"])
+    assert pack.room(str(repo), [".gpu/init.h5"], limit=total - 6000)[1] == [
+        "checkpoints/a/big.h5", "checkpoints/a/mid.h5"]
+    with pytest.raises(SystemExit, match=r"the device call would send .* even without the committed"):
+        pack.room(str(repo), [".gpu/init.h5"], limit=total - 9000)

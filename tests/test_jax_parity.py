@@ -155,16 +155,20 @@ def test_jax_run_writes_checkpoints_that_tensorflow_resumes(tmp_path, small_patc
     checkpoint.load_state(model, os.path.join(run, "ckpt-00000003.h5"))
     assert int(model.batch_count.numpy()) == 3
     assert int(model.optimizer_steps.numpy()) >= 5  # Dv and Di, G, Dv and Di at least
-    # resuming continues from the newest checkpoint, until SIGTERM (a recorder stands in for the
+    # a fresh --model_dir needs --init; resuming one does not (a lease's leftover seconds were once
+    # spent on that error) and continues from the newest checkpoint, until SIGTERM (a recorder stands in for the
     # earlier handler, so a trainer that did not take the signal fails instead of killing pytest)
     calls = []
 
     def recorder(signum, frame):
         calls.append(signum)
 
+    with pytest.raises(SystemExit):
+        jt.main(["--data", small_patch_set, "--model_dir", str(tmp_path / "fresh"), "--steps", "1"])
+    assert "--init is required: " in capsys.readouterr().err
     original = signal.signal(signal.SIGTERM, recorder)
     try:
-        status = jt.main(["--data", small_patch_set, "--init", init, "--model_dir", run, "--steps", "50",
+        status = jt.main(["--data", small_patch_set, "--model_dir", run, "--steps", "50",  # no --init
                           "--checkpoint_every", "1000", "--log_every", "1000", "--batch_size", "12"])
         assert calls == [] and signal.getsignal(signal.SIGTERM) is recorder  # taken, then put back
     finally:

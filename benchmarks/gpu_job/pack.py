@@ -3,6 +3,7 @@ and unpacks them here.
 
   python3 benchmarks/gpu_job/pack.py RUNS_DIR OUT            # there, after training
   python benchmarks/gpu_job/pack.py --unpack FILES_AT RUNS   # here: RUNS/<run>/ckpt-N.h5, logs
+  python benchmarks/gpu_job/pack.py --room CARRY...          # here, before the call (stage.sh)
 
 Per run: its newest checkpoint whole (to resume from), gzipped, as OUT/<run>_ckpt-N.h5.gz, and
 up to two earlier ones as generator-only files (to score) in OUT/<run>_gens.tar.gz; and one
@@ -17,6 +18,7 @@ import gzip
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tarfile
 
@@ -26,6 +28,7 @@ from ddcgan_tf.checkpoint import list_checkpoints  # TensorFlow-free, as jax_tra
 
 BUDGET = 60 * 2**20
 EARLIER = 2
+TRAVEL_LIMIT = 64 * 2**20  # the device tool's working tree that travels (its README, Limits)
 
 
 def generator_only(src, dst):
@@ -63,6 +66,46 @@ def unpack(files_at, runs_dir):
                 shutil.copyfileobj(a, b)
             written.append(dst)
     return sorted(written)
+
+
+def travelling(repo, carry):
+    """[(bytes, path)] of what a device call sends from `repo`, largest first: the tracked files
+    present, the untracked files git does not ignore, and every file under the carried paths."""
+    listed = subprocess.run(["git", "-C", repo, "ls-files", "-z", "--cached", "--others",
+                             "--exclude-standard"], check=True, capture_output=True).stdout
+    paths = {p for p in listed.decode().split("\0") if p}
+    for c in carry:
+        if os.path.isfile(os.path.join(repo, c)):
+            paths.add(c)
+        for root, _, files in os.walk(os.path.join(repo, c)):
+            paths.update(os.path.relpath(os.path.join(root, f), repo) for f in files)
+    full = [os.path.join(repo, p) for p in paths]
+    return sorted(((os.path.getsize(f), os.path.relpath(f, repo)) for f in full if os.path.isfile(f)),
+                  reverse=True)
+
+
+def room(repo, carry, limit=TRAVEL_LIMIT):
+    """-> (total bytes, [tracked files to set aside for the call]). The committed checkpoints
+    (about 55 MB) and the job's carry (about 20 MB) together passed the limit on the third lease:
+    the call would have been refused. Unmodified tracked files under checkpoints/ are safe to
+    delete for the call and restore after (`git checkout --`), largest first, until it fits."""
+    sizes = travelling(repo, carry)
+    total = sum(n for n, _ in sizes)
+    modified = subprocess.run(["git", "-C", repo, "diff", "--name-only", "HEAD"], check=True,
+                              capture_output=True, text=True).stdout.split()
+    tracked = set(subprocess.run(["git", "-C", repo, "ls-files"], check=True, capture_output=True,
+                                 text=True).stdout.split())
+    aside, over = [], total - limit
+    for n, p in sizes:
+        if over <= 0:
+            break
+        if p.startswith("checkpoints/") and p in tracked and p not in modified:
+            aside.append(p)
+            over -= n
+    if over > 0:
+        raise SystemExit(f"the device call would send {total / 2**20:.1f} MiB, over its "
+                         f"{limit >> 20} MiB, even without the committed checkpoints: carry less")
+    return total, aside
 
 
 def main(src, out):
@@ -112,5 +155,11 @@ def main(src, out):
 if __name__ == "__main__":
     if sys.argv[1] == "--unpack":
         print("\n".join(unpack(*sys.argv[2:4])))
+    elif sys.argv[1] == "--room":
+        total, aside = room(".", sys.argv[2:])
+        print(f"the device call sends {total / 2**20:.1f} MiB (limit {TRAVEL_LIMIT >> 20} MiB)")
+        if aside:
+            print("over: set these committed files aside for the call, then restore them:\n"
+                  f"  rm {' '.join(aside)}\n  git checkout -- {' '.join(aside)}")
     else:
         main(*sys.argv[1:3])
