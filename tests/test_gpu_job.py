@@ -215,7 +215,7 @@ def test_room_names_the_committed_checkpoints_to_set_aside_for_a_device_call(tmp
     def write(rel, n):
         (repo / rel).write_bytes(b"x" * n)
 
-    write("checkpoints/a/big.h5", 5000)
+    write("checkpoints/a/big one.h5", 5000)
     write("checkpoints/a/mid.h5", 3000)
     write("checkpoints/a/edited.h5", 8000)
     write("code.py", 1000)
@@ -230,12 +230,12 @@ def test_room_names_the_committed_checkpoints_to_set_aside_for_a_device_call(tmp
     (repo / "runs").mkdir()
     write("runs/big.h5", 10**6)  # ignored and not carried: stays
     sizes = dict((p, n) for n, p in pack.travelling(str(repo), [".gpu/init.h5"]))
-    assert sizes.keys() == {"checkpoints/a/big.h5", "checkpoints/a/mid.h5", "checkpoints/a/edited.h5",
+    assert sizes.keys() == {"checkpoints/a/big one.h5", "checkpoints/a/mid.h5", "checkpoints/a/edited.h5",
                             "code.py", ".gitignore", "notes.txt", ".gpu/init.h5"}
     total = sum(sizes.values())
     assert pack.room(str(repo), [".gpu/init.h5"], limit=total) == (total, [])
-    assert pack.room(str(repo), [".gpu/init.h5"], limit=total - 1) == (total, ["checkpoints/a/big.h5"])
+    assert pack.room(str(repo), [".gpu/init.h5"], limit=total - 1) == (total, ["checkpoints/a/big one.h5"])
     assert pack.room(str(repo), [".gpu/init.h5"], limit=total - 6000)[1] == [
-        "checkpoints/a/big.h5", "checkpoints/a/mid.h5"]
+        "checkpoints/a/big one.h5", "checkpoints/a/mid.h5"]
     with pytest.raises(SystemExit, match=r"the device call would send .* even without the committed"):
         pack.room(str(repo), [".gpu/init.h5"], limit=total - 9000)

@@ -68,12 +68,16 @@ def unpack(files_at, runs_dir):
     return sorted(written)
 
 
+def git_paths(repo, *args):
+    """The paths a git command lists (NUL-separated, so any file name survives)."""
+    out = subprocess.run(["git", "-C", repo, *args, "-z"], check=True, capture_output=True).stdout
+    return [p for p in out.decode().split("\0") if p]
+
+
 def travelling(repo, carry):
     """[(bytes, path)] of what a device call sends from `repo`, largest first: the tracked files
     present, the untracked files git does not ignore, and every file under the carried paths."""
-    listed = subprocess.run(["git", "-C", repo, "ls-files", "-z", "--cached", "--others",
-                             "--exclude-standard"], check=True, capture_output=True).stdout
-    paths = {p for p in listed.decode().split("\0") if p}
+    paths = set(git_paths(repo, "ls-files", "--cached", "--others", "--exclude-standard"))
     for c in carry:
         if os.path.isfile(os.path.join(repo, c)):
             paths.add(c)
@@ -91,10 +95,8 @@ def room(repo, carry, limit=TRAVEL_LIMIT):
     delete for the call and restore after (`git checkout --`), largest first, until it fits."""
     sizes = travelling(repo, carry)
     total = sum(n for n, _ in sizes)
-    modified = subprocess.run(["git", "-C", repo, "diff", "--name-only", "HEAD"], check=True,
-                              capture_output=True, text=True).stdout.split()
-    tracked = set(subprocess.run(["git", "-C", repo, "ls-files"], check=True, capture_output=True,
-                                 text=True).stdout.split())
+    modified = set(git_paths(repo, "diff", "--name-only", "HEAD"))
+    tracked = set(git_paths(repo, "ls-files"))
     aside, over = [], total - limit
     for n, p in sizes:
         if over <= 0:
