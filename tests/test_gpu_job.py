@@ -217,6 +217,7 @@ def test_room_names_the_committed_checkpoints_to_set_aside_for_a_device_call(tmp
 
     write("checkpoints/a/big one.h5", 5000)
     write("checkpoints/a/mid.h5", 3000)
+    write("checkpoints/a/gone.h5", 7000)  # committed, then deleted: not sent, not offered
     write("checkpoints/a/edited.h5", 8000)
     write("code.py", 1000)
     (repo / ".gitignore").write_text(".gpu/\nruns/\n")
@@ -224,14 +225,19 @@ def test_room_names_the_committed_checkpoints_to_set_aside_for_a_device_call(tmp
     subprocess.run(git + ["init", "-q"], check=True)
     subprocess.run(git + ["add", "."], check=True)
     subprocess.run(git + ["commit", "-qm", "x"], check=True)
+    (repo / "checkpoints/a/gone.h5").unlink()
     write("checkpoints/a/edited.h5", 8001)  # modified: never offered (its change would be lost)
+    write("checkpoints/a/big", 9000)  # untracked (what `rm checkpoints/a/big one.h5` once hit): never offered
     write("notes.txt", 500)  # untracked, not ignored: travels
     write(".gpu/init.h5", 4000)  # carried
     (repo / "runs").mkdir()
     write("runs/big.h5", 10**6)  # ignored and not carried: stays
-    sizes = dict((p, n) for n, p in pack.travelling(str(repo), [".gpu/init.h5"]))
-    assert sizes.keys() == {"checkpoints/a/big one.h5", "checkpoints/a/mid.h5", "checkpoints/a/edited.h5",
-                            "code.py", ".gitignore", "notes.txt", ".gpu/init.h5"}
+    # a tracked file named in carry, spelt another way, was once counted twice
+    listed = pack.travelling(str(repo), [".gpu/init.h5", "./code.py"])
+    sizes = dict((p, n) for n, p in listed)
+    assert len(listed) == len(sizes) and sizes.keys() == {
+        "checkpoints/a/big one.h5", "checkpoints/a/mid.h5", "checkpoints/a/edited.h5", "checkpoints/a/big",
+        "code.py", ".gitignore", "notes.txt", ".gpu/init.h5"}
     total = sum(sizes.values())
     assert pack.room(str(repo), [".gpu/init.h5"], limit=total) == (total, [])
     assert pack.room(str(repo), [".gpu/init.h5"], limit=total - 1) == (total, ["checkpoints/a/big one.h5"])
@@ -239,3 +245,10 @@ def test_room_names_the_committed_checkpoints_to_set_aside_for_a_device_call(tmp
         "checkpoints/a/big one.h5", "checkpoints/a/mid.h5"]
     with pytest.raises(SystemExit, match=r"the device call would send .* even without the committed"):
         pack.room(str(repo), [".gpu/init.h5"], limit=total - 9000)
+    # the printed commands, run as printed, set aside exactly the named files and restore them
+    report = pack.room_report(str(repo), [".gpu/init.h5"], limit=total - 1).splitlines()
+    assert report[2:] == ["  rm -- 'checkpoints/a/big one.h5'", "  git checkout -- 'checkpoints/a/big one.h5'"]
+    subprocess.run(report[2], shell=True, cwd=repo, check=True)
+    assert not (repo / "checkpoints/a/big one.h5").exists() and (repo / "checkpoints/a/big").exists()
+    subprocess.run(report[3], shell=True, cwd=repo, check=True)
+    assert (repo / "checkpoints/a/big one.h5").read_bytes() == b"x" * 5000

@@ -17,6 +17,7 @@ one was left out on the second lease).
 import gzip
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -80,7 +81,7 @@ def travelling(repo, carry):
     paths = set(git_paths(repo, "ls-files", "--cached", "--others", "--exclude-standard"))
     for c in carry:
         if os.path.isfile(os.path.join(repo, c)):
-            paths.add(c)
+            paths.add(os.path.normpath(c))
         for root, _, files in os.walk(os.path.join(repo, c)):
             paths.update(os.path.relpath(os.path.join(root, f), repo) for f in files)
     full = [os.path.join(repo, p) for p in paths]
@@ -108,6 +109,18 @@ def room(repo, carry, limit=TRAVEL_LIMIT):
         raise SystemExit(f"the device call would send {total / 2**20:.1f} MiB, over its "
                          f"{limit >> 20} MiB, even without the committed checkpoints: carry less")
     return total, aside
+
+
+def room_report(repo, carry, limit=TRAVEL_LIMIT):
+    """room() as the lines stage.sh prints: the size, and the shell commands (quoted: a name
+    with a space once split into two, and `rm` took an untracked file) to set files aside."""
+    total, aside = room(repo, carry, limit)
+    lines = [f"the device call sends {total / 2**20:.1f} MiB (limit {limit >> 20} MiB)"]
+    if aside:
+        quoted = " ".join(shlex.quote(p) for p in aside)
+        lines += ["over: set these committed files aside for the call, then restore them:",
+                  f"  rm -- {quoted}", f"  git checkout -- {quoted}"]
+    return "\n".join(lines)
 
 
 def main(src, out):
@@ -158,10 +171,6 @@ if __name__ == "__main__":
     if sys.argv[1] == "--unpack":
         print("\n".join(unpack(*sys.argv[2:4])))
     elif sys.argv[1] == "--room":
-        total, aside = room(".", sys.argv[2:])
-        print(f"the device call sends {total / 2**20:.1f} MiB (limit {TRAVEL_LIMIT >> 20} MiB)")
-        if aside:
-            print("over: set these committed files aside for the call, then restore them:\n"
-                  f"  rm {' '.join(aside)}\n  git checkout -- {' '.join(aside)}")
+        print(room_report(".", sys.argv[2:]))
     else:
         main(*sys.argv[1:3])
