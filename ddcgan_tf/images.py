@@ -152,9 +152,9 @@ def _read_png16_colour(path):
 
     Pillow, under imageio, decodes these to 8 bits (a dark one reads as black), so their IDAT
     stream is decoded here (PNG spec, ISO/IEC 15948 sections 9-10: zlib, then the five
-    per-row filters, big-endian samples), every chunk's CRC checked. Interlaced (Adam7) ones
-    are refused in one line; animated ones (acTL) are left to imageio. Ancillary chunks
-    (gamma, palette hints) are ignored, as imageio ignores them.
+    per-row filters, big-endian samples; Adam7 interlacing, section 8.2), every chunk's CRC
+    checked. Animated ones (acTL) are left to imageio. Ancillary chunks (gamma, palette hints)
+    are ignored, as imageio ignores them.
     """
     with open(path, "rb") as f:
         head = f.read(33)
@@ -179,44 +179,64 @@ def _read_png16_colour(path):
     if b"acTL" in kinds:
         return None  # an animated PNG: imageio reads its frames, and read_raw refuses several
     w, h, _, colour, method, filtering, interlace = struct.unpack(">IIBBBBB", head[16:29])
-    if method or filtering or not (w and h):
+    if method or filtering or interlace > 1 or not (w and h):
         raise InputError(path, f"not a readable image (corrupt PNG header: {w} x {h}, compression "
-                               f"{method}, filter method {filtering})")
-    if interlace:
-        raise InputError(path, "interlaced 16-bit colour PNG is not supported (save it without "
-                               "interlacing, or as a 16-bit TIFF)")
+                               f"{method}, filter method {filtering}, interlace method {interlace})")
     from PIL import Image  # imageio's own dependency: its decompression-bomb limit
 
     if w * h > 2 * Image.MAX_IMAGE_PIXELS:
         raise InputError(path, f"image too large ({w} x {h} pixels, over {2 * Image.MAX_IMAGE_PIXELS}: "
                                f"a decompression bomb?)")
     channels = _PNG16_CHANNELS[colour]
-    bpp, stride = 2 * channels, 2 * channels * w
+    bpp = 2 * channels
+    # each pass is a sub-image (every dy-th row from y0, every dx-th column from x0) of its own
+    # filtered rows; an empty pass has no bytes at all (section 8.2)
+    passes = [(x0, y0, dx, dy, -(-(w - x0) // dx), -(-(h - y0) // dy))
+              for x0, y0, dx, dy in (_ADAM7 if interlace else ((0, 0, 1, 1),))]
+    passes = [p for p in passes if p[4] > 0 and p[5] > 0]
+    need = sum(ph * (pw * bpp + 1) for *_, pw, ph in passes)
     try:  # never more than the image needs, whatever the stream holds
         raw = zlib.decompressobj().decompress(b"".join(body for kind, body in chunks if kind == b"IDAT"),
-                                              h * (stride + 1))
+                                              need)
     except zlib.error as e:
         raise InputError(path, f"not a readable image (corrupt PNG data: {e})") from None
     except MemoryError:
         raise InputError(path, "cannot read image (out of memory: is it huge or corrupt?)") from None
-    if len(raw) < h * (stride + 1):
+    if len(raw) < need:
         raise InputError(path, "not a readable image (truncated PNG data)")
+    out, start = np.empty((h, w, channels), np.uint16), 0
+    for k, (x0, y0, dx, dy, pw, ph) in enumerate(passes):
+        rows = _unfilter_rows(path, raw[start:start + ph * (pw * bpp + 1)], pw * bpp, bpp,
+                              f" of interlace pass {k + 1}" if interlace else "")
+        out[y0::dy, x0::dx] = np.frombuffer(rows, ">u2").reshape(ph, pw, channels)
+        start += ph * (pw * bpp + 1)
+    return out
+
+
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+"""PNG's Adam7 passes (section 8.2): first column, first row, column step, row step."""
+
+
+def _unfilter_rows(path, raw, stride, bpp, where=""):
+    """The rows of one (sub-)image, each a filter-type byte and `stride` filtered bytes, -> their
+    raw bytes (section 9); the row above the first is zeros."""
     out, prev = bytearray(), bytearray(stride)
-    for y in range(h):
+    for y in range(len(raw) // (stride + 1)):
         start = y * (stride + 1)
         kind, cur = raw[start], bytearray(raw[start + 1:start + 1 + stride])
         if kind == 1:  # Sub: + the byte bpp to the left (a running sum per byte of a pixel)
-            cur = bytearray((np.cumsum(np.frombuffer(cur, np.uint8).reshape(w, bpp), axis=0, dtype=np.uint8)
+            cur = bytearray((np.cumsum(np.frombuffer(cur, np.uint8).reshape(-1, bpp), axis=0, dtype=np.uint8)
                              ).tobytes())
         elif kind == 2:  # Up: + the byte above
             cur = bytearray((np.frombuffer(cur, np.uint8) + np.frombuffer(prev, np.uint8)).tobytes())
         elif kind in (3, 4):  # Average, Paeth: byte by byte, as the left byte is this row's result
             _unfilter_sequential(cur, prev, bpp, paeth=kind == 4)
         elif kind != 0:
-            raise InputError(path, f"not a readable image (corrupt PNG data: filter type {kind} in row {y})")
+            raise InputError(path, f"not a readable image (corrupt PNG data: filter type {kind} in "
+                                   f"row {y}{where})")
         out += cur
         prev = cur
-    return np.frombuffer(bytes(out), ">u2").reshape(h, w, channels).astype(np.uint16)
+    return bytes(out)
 
 
 def _unfilter_sequential(cur, prev, bpp, paeth):

@@ -273,32 +273,40 @@ def _png_chunk(kind, body):
 
 
 def _png16(path, samples, colour, filters=(0, 1, 2, 3, 4), interlace=0, split=3):
-    """A 16-bit PNG written from the spec (ISO/IEC 15948 sections 9-11), independently of the
-    reader: row y uses filter filters[y % len], computed forward from the raw bytes; the zlib
-    stream is cut into `split` IDAT chunks; a tEXt chunk sits among them."""
+    """A 16-bit PNG written from the spec (ISO/IEC 15948 sections 8-11), independently of the
+    reader: row y of each (sub-)image uses filter filters[y % len], computed forward from the raw
+    bytes; interlace=1 writes the seven Adam7 passes (section 8.2: each pass's pixels are every
+    dy-th row from y0 and every dx-th column from x0, filtered as an image of its own, an empty
+    pass written as nothing); the zlib stream is cut into `split` IDAT chunks (consecutive, as
+    section 5.6 requires) after a tEXt chunk."""
     import struct
     import zlib
 
     h, w = samples.shape[:2]
-    raw = samples.astype(">u2").reshape(h, -1).view(np.uint8).astype(np.int32)
     bpp = 2 * (samples.shape[2] if samples.ndim == 3 else 1)
+    adam7 = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)]
     rows = []
-    for y in range(h):
-        x = raw[y]
-        a = np.concatenate([np.zeros(bpp, np.int32), x[:-bpp]])  # left
-        b = raw[y - 1] if y else np.zeros_like(x)  # up
-        c = np.concatenate([np.zeros(bpp, np.int32), b[:-bpp]])  # up-left
-        kind = filters[y % len(filters)]
-        p = a + b - c
-        paeth = np.where((abs(p - a) <= abs(p - b)) & (abs(p - a) <= abs(p - c)), a,
-                         np.where(abs(p - b) <= abs(p - c), b, c))
-        pred = {0: 0, 1: a, 2: b, 3: (a + b) // 2, 4: paeth}[kind]
-        rows.append(bytes([kind]) + ((x - pred) % 256).astype(np.uint8).tobytes())
+    for x0, y0, dx, dy in (adam7 if interlace else [(0, 0, 1, 1)]):
+        sub = samples[y0::dy, x0::dx]
+        if sub.size == 0:
+            continue
+        raw = sub.astype(">u2").reshape(sub.shape[0], -1).view(np.uint8).astype(np.int32)
+        for y in range(sub.shape[0]):
+            x = raw[y]
+            a = np.concatenate([np.zeros(bpp, np.int32), x[:-bpp]])  # left
+            b = raw[y - 1] if y else np.zeros_like(x)  # up
+            c = np.concatenate([np.zeros(bpp, np.int32), b[:-bpp]])  # up-left
+            kind = filters[y % len(filters)]
+            p = a + b - c
+            paeth = np.where((abs(p - a) <= abs(p - b)) & (abs(p - a) <= abs(p - c)), a,
+                             np.where(abs(p - b) <= abs(p - c), b, c))
+            pred = {0: 0, 1: a, 2: b, 3: (a + b) // 2, 4: paeth}[kind]
+            rows.append(bytes([kind]) + ((x - pred) % 256).astype(np.uint8).tobytes())
     stream = zlib.compress(b"".join(rows))
 
     cut = [stream[k * len(stream) // split:(k + 1) * len(stream) // split] for k in range(split)]
     body = [_png_chunk(b"IDAT", part) for part in cut]
-    body.insert(1, _png_chunk(b"tEXt", b"Comment\x00made by the test"))
+    body.insert(0, _png_chunk(b"tEXt", b"Comment\x00made by the test"))
     with open(path, "wb") as f:
         f.write(b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, colour, 0, 0, interlace))
                 + b"".join(body) + _png_chunk(b"IEND", b""))
@@ -320,9 +328,20 @@ def test_16_bit_colour_pngs_keep_their_depth(tmp_path, colour, channels):
     expected = dark[..., :3] if channels >= 3 else np.repeat(dark[..., :1], 3, axis=-1)
     np.testing.assert_allclose(rgb, expected / 65535.0, atol=1e-7)
     assert rgb.max() > 0
-    _png16(str(tmp_path / "laced.png"), full, colour, interlace=1)
-    with pytest.raises(InputError, match="interlaced 16-bit colour PNG is not supported"):
-        read_raw(str(tmp_path / "laced.png"))
+    # interlaced (Adam7): sizes where passes are empty (1 x 1: only pass 1) or one column wide
+    sizes = ((9, 13), (1, 1), (2, 3), (5, 1), (8, 8), (17, 11))
+    for k, (h, w) in enumerate(sizes):
+        path = str(tmp_path / f"laced{k}.png")
+        samples = rng.integers(0, 65536, (h, w, channels)).astype(np.uint16)
+        _png16(path, samples, colour, interlace=1, filters=(4, 3, 1, 2, 0)[k % 5:] + (4, 3, 1, 2, 0)[:k % 5])
+        np.testing.assert_array_equal(read_raw(path), samples)
+    # libpng (TensorFlow's decoder) reads the same pixels from the writer's files
+    import tensorflow as tf
+
+    for name in ("dark", "full", "few", "laced0", "laced5"):
+        with open(tmp_path / f"{name}.png", "rb") as f:
+            libpng = tf.io.decode_png(f.read(), channels=0, dtype=tf.uint16).numpy()
+        np.testing.assert_array_equal(read_raw(str(tmp_path / f"{name}.png")), libpng)
     with open(tmp_path / "full.png", "rb") as f:
         data = f.read()
     with open(tmp_path / "cut.png", "wb") as f:
