@@ -48,14 +48,23 @@ class GracefulStop(keras.callbacks.Callback):
     and resumes from that batch (`signals.StopRequest`: a second signal kills as before; the
     newest checkpoint on disk stays whole). The handlers live from `fit`'s start to its end:
     put it last among the callbacks, since Keras ends them in order and a signal during
-    Checkpoint's final save must still be taken. `request.received` holds the signal number."""
+    Checkpoint's final save must still be taken. `request.received` holds the signal number.
 
-    def __init__(self):
+    strategy: a MultiWorkerMirroredStrategy. Its workers must stop after the same batch (one
+    that stopped alone would leave the others waiting in the next batch's collectives), so at
+    every batch end they all-reduce whether any of them was signalled, and all stop if one was;
+    a worker stopped that way has `peer_stopped` set. A signal only marks the stop there.
+    """
+
+    def __init__(self, strategy=None):
         super().__init__()
         self.request = StopRequest(on_signal=self._stop)
+        self._any = None if strategy is None else any_worker(strategy)
+        self.peer_stopped = False
 
     def _stop(self):
-        self.model.stop_training = True
+        if self._any is None:  # alone: stop after the batch in flight
+            self.model.stop_training = True
 
     @property
     def received(self):
@@ -69,11 +78,26 @@ class GracefulStop(keras.callbacks.Callback):
         self.request.install()
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.received is not None:  # Keras may have reset the flag between epochs
+        stop = self.received is not None
+        if self._any is not None:  # every worker, every batch: the same collective
+            stop = bool(self._any(tf.constant(float(stop))))
+            self.peer_stopped = stop and self.received is None
+        if stop:  # set here too: Keras may have reset the flag between epochs
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
         self.restore()
+
+
+def any_worker(strategy):
+    """A tf.function: a float flag (1 or 0) on each worker -> whether any worker passed 1 (an
+    all-reduce over every replica of `strategy`)."""
+    @tf.function(autograph=False)
+    def any_(flag):  # tf.identity puts the flag on each replica's device (a captured host tensor
+        # has none, and the all-reduce then fails: "destinations can not be empty")
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda: tf.identity(flag)), axis=None) > 0
+
+    return any_
 
 
 class StopAtStep(keras.callbacks.Callback):

@@ -67,6 +67,15 @@ def _counters(model):
     return [model.batch_count, model.optimizer_steps]
 
 
+def state_variables(model):
+    """Every variable of the full training state, in `save_state`'s order: the three networks,
+    the counters and the optimizers' slots."""
+    out = [*model.generator.weights, *model.dv.weights, *model.di.weights, *_counters(model)]
+    for opt in model.optimizers.values():
+        out += list(opt.variables)
+    return out
+
+
 def save_state(model, path):
     """Writes the full training state of a compiled DDcGAN to `path` (atomically)."""
 

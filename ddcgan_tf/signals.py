@@ -40,7 +40,10 @@ class StopRequest:
         self._previous = {}
 
     def message(self, step, checkpoint):
-        """The one line both trainers print: which signal, the batch reached, where it is saved."""
+        """The one line both trainers print: which signal (none here: another worker's, under
+        MultiWorkerMirroredStrategy), the batch reached, where it is saved."""
         saved = (f"the full state is saved in {checkpoint}; the same command resumes from it" if checkpoint
                  else "this worker writes no checkpoints (the chief does)")
+        if self.received is None:
+            return f"stopped: another worker was stopped by a signal after batch {step}; {saved}"
         return f"stopped by {signal.Signals(self.received).name} after batch {step}; {saved}"

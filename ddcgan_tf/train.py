@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import signal
 import sys
 import time
 
@@ -11,7 +12,7 @@ import tensorflow as tf
 from ddcgan_tf import callbacks as cb
 from ddcgan_tf import config as C
 from ddcgan_tf.checkpoint import (CheckpointManager, latest_checkpoint, list_checkpoints, load_networks,
-                                  read_steps_per_epoch, warm_start_file)
+                                  read_steps_per_epoch, state_variables, warm_start_file)
 from ddcgan_tf.data import PatchSet, batch_stream, batches_per_epoch, check_seed, make_dataset, new_seed
 from ddcgan_tf.ddcgan import DDcGAN
 from ddcgan_tf.errors import InputError
@@ -28,10 +29,12 @@ class TrainingDiverged(RuntimeError):
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGTERM or SIGINT stopped training after a whole batch; the full state at that batch is
     saved (`checkpoint`), and the same call resumes from it. A KeyboardInterrupt, so a notebook
-    or script treats it as the interrupt it was."""
+    or script treats it as the interrupt it was. `signum`: the signal; SIGTERM on a worker that
+    stopped because another worker was signalled (--strategy multiworker)."""
 
     def __init__(self, request, step, checkpoint):
-        self.signum, self.step, self.checkpoint = request.received, step, checkpoint
+        self.signum = request.received if request.received is not None else signal.SIGTERM
+        self.step, self.checkpoint = step, checkpoint
         super().__init__(request.message(step, checkpoint))
 
 
@@ -74,6 +77,32 @@ def is_chief():
     kind, index = task.get("type", "chief"), int(task.get("index", 0))
     has_chief = "chief" in cluster.get("cluster", {})
     return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
+
+
+def share_chief_state(model, strategy):
+    """Sets every worker's training state (`checkpoint.state_variables`) to the chief's.
+
+    Under MultiWorkerMirroredStrategy only the chief writes checkpoints, so on a resume with a
+    model_dir per machine only the chief restores one; a worker that started afresh would train
+    other weights from another batch (and wait in the collectives when the chief's run ends).
+    One all-reduce per variable: the chief's replicas contribute their value / replicas per
+    worker, the others 0 (float64: exact for float32 weights and the integer counters).
+    """
+    chief = is_chief()
+    local = len(strategy.extended.worker_devices)  # the same on every worker
+
+    variables = state_variables(model)
+
+    @tf.function(autograph=False)
+    def share():  # the variables captured, not passed (Keras variables would become tensors)
+        for v in variables:
+            mine = tf.cast(v, tf.float64) / local if chief else tf.zeros(v.shape, tf.float64)
+            total = strategy.reduce(tf.distribute.ReduceOp.SUM, strategy.run(lambda x=mine: tf.identity(x)),
+                                    axis=None)
+            dtype = tf.as_dtype(v.dtype)  # a Keras variable's dtype is a string
+            v.assign(tf.cast(tf.round(total) if dtype.is_integer else total, dtype))
+
+    share()
 
 
 def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset="official",
@@ -193,6 +222,10 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         loaded = load_networks(model, init_from)
         init_from = os.path.abspath(init_from)
         log(f"initialised {', '.join(loaded)} from {init_from}")
+    if strategy == "multiworker":  # the chief's state is the run's (a resume reads it only there)
+        share_chief_state(model, distribution)
+        if not restored and int(model.batch_count.numpy()):
+            restored = "the chief's checkpoint"
     done = int(model.batch_count.numpy())
     total = int(steps) if steps else epochs * steps_per_epoch
     log(f"{'resumed from ' + restored if restored else 'new run'}: {done} of {total} batches done; "
@@ -210,7 +243,8 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         cb.trim_step_log(step_log, done, write_text)
     if done >= total:
         return model
-    guard, stopper = cb.NaNGuard(), cb.GracefulStop()
+    guard = cb.NaNGuard()
+    stopper = cb.GracefulStop(distribution if strategy == "multiworker" else None)
     # StepLog before Checkpoint: a saved step is always logged already
     callbacks = [cb.StopAtStep(total), guard]
     if chief:
@@ -251,7 +285,7 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
               file=sys.stderr)
     reached = int(model.batch_count.numpy())
     log(f"trained {reached - first} batches in {time.time() - start:.1f} s")
-    if stopper.received is not None and reached < total:
+    if (stopper.received is not None or stopper.peer_stopped) and reached < total:
         raise TrainingInterrupted(stopper.request, reached, latest_checkpoint(model_dir))
     return model
 

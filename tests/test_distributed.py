@@ -188,3 +188,78 @@ def test_multiworker_training_equals_single_device(small_patch_set, tmp_path):
     worst = max(float(np.max(np.abs(a.numpy() - b.numpy())) / max(0.05, np.max(np.abs(b.numpy()))))
                 for a, b in zip(g_multi.weights, g_single.weights))
     assert worst < 2e-2, worst
+
+
+def test_multiworker_run_stopped_by_a_signal_stops_every_worker_after_one_batch(small_patch_set, tmp_path):
+    """SIGTERM to one worker only (a scheduler preempting one machine): every worker finishes the
+    same batch and stops (a worker stopping alone would leave its peers waiting in the
+    collectives), the chief saves that batch's full state, each worker says why it stopped and
+    exits 143, and the same commands resume from that batch."""
+    import signal
+
+    from ddcgan_tf.checkpoint import latest_checkpoint, list_checkpoints
+
+    env = dict(os.environ, PYTHONPATH=REPO)
+    dirs = [str(tmp_path / name) for name in ("w0", "w1")]
+
+    def start(steps, ports, verbose="0"):
+        procs, logs = [], []
+        for k in range(2):
+            log = open(tmp_path / f"w{k}-{steps}.log", "w+")
+            worker_env = dict(env, TF_CONFIG=json.dumps({
+                "cluster": {"worker": ["localhost:" + p for p in ports.split(",")]},
+                "task": {"type": "worker", "index": k}}))
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "ddcgan_tf.cli.train", "--data", small_patch_set, "--model_dir", dirs[k],
+                 "--steps", str(steps), "--batch_size", "8", "--seed", "0", "--strategy", "multiworker",
+                 "--checkpoint_every", "1000", "--verbose", verbose, "--notensorboard", "--max_repeats", "1"],
+                stdout=log, stderr=subprocess.STDOUT, text=True, env=worker_env))
+            logs.append(log)
+        return procs, logs
+
+    def finish(procs, logs, timeout):
+        deadline = time.monotonic() + timeout
+        try:  # every worker to its end (a stopped one exits 143 while the chief still saves)
+            for p in procs:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            for p in procs:  # a worker left waiting for a stopped peer would never exit
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        outs = []
+        for log in logs:
+            log.seek(0)
+            outs.append(log.read())
+            log.close()
+        return [p.returncode for p in procs], outs
+
+    step_log = os.path.join(dirs[0], "steps.jsonl")
+    procs, logs = start(200, _free_ports(2))
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+        if os.path.exists(step_log) and len(open(step_log).read().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    procs[1].send_signal(signal.SIGTERM)
+    codes, outs = finish(procs, logs, timeout=300)
+    assert codes == [143, 143], (codes, outs[0][-2000:], outs[1][-2000:])
+    stopped = [int(x.split("after batch ")[1].split(";")[0].split(":")[0]) for x in outs]
+    assert stopped[0] == stopped[1] >= 2, outs
+    batch = stopped[0]
+    assert "stopped by SIGTERM after batch" in outs[1] and "writes no checkpoints" in outs[1]
+    assert f"another worker was stopped by a signal after batch {batch}" in outs[0], outs[0][-2000:]
+    saved = latest_checkpoint(dirs[0])
+    assert list_checkpoints(dirs[0])[-1][0] == batch and saved in outs[0]
+    assert [json.loads(x)["step"] for x in open(step_log)] == list(range(1, batch + 1))
+    assert not latest_checkpoint(dirs[1])
+
+    # only the chief holds the checkpoint: the other worker takes its state from the chief
+    codes, outs = finish(*start(batch + 1, _free_ports(2), verbose="2"), timeout=600)
+    assert codes == [0, 0], (outs[0][-2000:], outs[1][-2000:])
+    assert f"resumed from {saved}: {batch} of {batch + 1} batches done" in outs[0], outs[0][-2000:]
+    assert f"resumed from the chief's checkpoint: {batch} of {batch + 1} batches done" in outs[1], outs[1][-2000:]
+    assert [json.loads(x)["step"] for x in open(step_log)] == list(range(1, batch + 2))
+    assert list_checkpoints(dirs[0])[-1][0] == batch + 1
