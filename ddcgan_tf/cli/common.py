@@ -64,11 +64,30 @@ def run_main(main, prog, needs_tensorflow=True):
             error_exit(prog, "out of memory: the image is too large to process in one piece "
                              "(ddcgan-fuse --tile 512 fuses it in tiles)")
 
+    def parse(argv):
+        rest = parse_flags(prog, argv)
+        if needs_tensorflow:  # after the flags: a mistyped command fails without the 5 s import
+            import_tensorflow_quietly()
+        return rest
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if needs_tensorflow:
-        import_tensorflow_quietly()
     describe_main_module(main.__module__)
-    app.run(guarded)
+    app.run(guarded, flags_parser=parse)
+
+
+def parse_flags(prog, argv):
+    """absl's flag parsing with the project's errors: a bad or unknown flag, a missing required
+    one, or any word that is not a flag is one line and exit status 2 (absl prints two lines
+    and exits 1; and every CLI here takes its inputs by flag, so a stray word is a mistake, e.g.
+    `--exclude a b` for `--exclude a,b`, which would silently exclude only `a`)."""
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:
+        error_exit(prog, f"flags: {e}")
+    if len(rest) > 1:
+        error_exit(prog, f"{' '.join(rest[1:])}: unexpected argument{'s' if len(rest) > 2 else ''} (every "
+                         f"input is given by a flag; a list is comma-separated, e.g. --exclude a,b)")
+    return rest
 
 
 def describe_main_module(module_name):

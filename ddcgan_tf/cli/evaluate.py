@@ -177,8 +177,7 @@ def format_table(rows, mean, fmt, header):
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise InputError(argv[1], "unexpected positional argument")
+    del argv  # run_main refuses any word that is not a flag
     for name in ("fused_dir", "vis_dir", "ir_dir"):
         if not FLAGS[name].value:
             raise InputError(f"--{name}", "is required")

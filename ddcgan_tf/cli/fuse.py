@@ -58,6 +58,10 @@ def main(argv):
         return
     if FLAGS.mode == "pet-mri":
         return fuse_pet_mri_cli()
+    pet_mri = given("mri", "pet")
+    if pet_mri:
+        raise InputError(", ".join(pet_mri), "only used with --mode pet-mri (vis-ir mode takes --vis --ir --output, "
+                                             "or --vis_dir --ir_dir --output_dir)")
     single = FLAGS.vis or FLAGS.ir or FLAGS.output
     folder = FLAGS.vis_dir or FLAGS.ir_dir or FLAGS.output_dir
     if bool(single) == bool(folder):
