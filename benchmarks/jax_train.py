@@ -518,7 +518,7 @@ def train(args):
     seed = check_seed(args.seed if args.seed is not None else record.get("seed", 0))
     device = jax.devices()[0]
     here = {"trainer": JAX_TRAINER, "device": cpu_name() if device.platform == "cpu" else device.device_kind,
-            "strategy": "jax", "replicas": 1, "mixed_precision": "float32"}
+            "strategy": "jax", "replicas": 1, "mixed_precision": "float32", "seed": seed}
     # batches step + 1.. run here: a segment, so a resume by either trainer keeps the history
     segments = add_segment(record, step + 1, **here)
     if not record:

@@ -16,8 +16,9 @@ from ddcgan_tf.images import write_text
 RECORD_FILE = "config.json"
 TF_TRAINER = "ddcgan-train"
 JAX_TRAINER = "benchmarks/jax_train.py"
-# what makes two segments different places: the same keys on consecutive starts are one segment
-SEGMENT_KEYS = ("trainer", "device", "strategy", "replicas", "mixed_precision")
+# what makes two segments different: the same keys on consecutive starts are one segment (the data
+# seed among them: a resume with another --seed draws other batches from there on)
+SEGMENT_KEYS = ("trainer", "device", "strategy", "replicas", "mixed_precision", "seed")
 
 
 def read_record(model_dir):

@@ -187,8 +187,13 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         stored_seed = None
     if seed is None:  # a resumed run keeps its data seed; a new one draws and records one
         seed = new_seed() if stored_seed is None else stored_seed
+        if latest and stored_seed is None:
+            print(f"warning: {model_dir} records no data seed (no readable config.json), so this resume "
+                  f"draws batches with a new seed, {seed}; pass the run's --seed to keep its batch order",
+                  file=sys.stderr)
     elif stored_seed is not None and seed != stored_seed:
-        log(f"data seed {seed}: the batches from here on differ from the run's seed {stored_seed}")
+        print(f"warning: data seed {seed}: the batches from here on differ from the run's seed "
+              f"{stored_seed} (config.json records both, by batch)", file=sys.stderr)
     keras.utils.set_random_seed(seed)
     if init_from is not None and not latest:
         init_from = warm_start_file(init_from)  # InputError for a missing file before any work
@@ -233,7 +238,8 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     chief = is_chief()
     if chief:  # only the chief writes (MultiWorkerMirroredStrategy)
         here = {"trainer": TF_TRAINER, "device": device_name(), "strategy": strategy,
-                "replicas": distribution.num_replicas_in_sync, "mixed_precision": mixed_precision or "float32"}
+                "replicas": distribution.num_replicas_in_sync, "mixed_precision": mixed_precision or "float32",
+                "seed": seed}
         write_record(model_dir, {
             **here, "model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
             "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch,

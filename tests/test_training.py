@@ -123,6 +123,33 @@ def test_a_checkpoint_restores_every_optimizer_and_counter(tmp_path):
             np.testing.assert_array_equal(np.asarray(a.numpy()), np.asarray(b.numpy()), err_msg=f"{name} {a.path}")
 
 
+def test_a_resume_with_another_seed_or_no_record_says_so_and_records_it(small_patch_set, tmp_path, capfd):
+    """Resuming with another --seed draws other batches from there: config.json records which
+    seed ran which batches (it had kept only the newest, as if it ran them all). A resume from a
+    copied checkpoint with no config.json draws a new seed: a warning names it and the fix."""
+    from ddcgan_tf.record import read_record
+
+    model_dir = str(tmp_path / "run")
+    kw = dict(batch_size=12, checkpoint_every=1, tensorboard=False, verbose=0)
+    train(small_patch_set, model_dir, steps=2, seed=1, **kw)
+    capfd.readouterr()
+    train(small_patch_set, model_dir, steps=3, seed=2, **kw)
+    assert "warning: data seed 2: the batches from here on differ from the run's seed 1" in capfd.readouterr().err
+    record = read_record(model_dir)
+    assert [(s["first_batch"], s["seed"]) for s in record["segments"]] == [(1, 1), (3, 2)]
+    assert record["seed"] == 2
+    train(small_patch_set, model_dir, steps=4, **kw)  # no --seed: the run's newest one, one segment
+    assert "warning" not in capfd.readouterr().err
+    assert [(s["first_batch"], s["seed"]) for s in read_record(model_dir)["segments"]] == [(1, 1), (3, 2)]
+    copied = tmp_path / "copied"
+    copied.mkdir()
+    os.link(ckpt.latest_checkpoint(model_dir), copied / os.path.basename(ckpt.latest_checkpoint(model_dir)))
+    train(small_patch_set, str(copied), steps=5, **kw)
+    err = capfd.readouterr().err
+    assert f"warning: {copied} records no data seed (no readable config.json)" in err
+    assert "pass the run's --seed to keep its batch order" in err
+
+
 def test_a_state_of_another_patch_size_is_refused_by_name(tmp_path):
     """The discriminators' dense kernels depend on the patch size: restoring a 32x32 run into a
     48x48 model names the variable and both shapes, instead of a TensorFlow assign error."""
