@@ -141,7 +141,9 @@ def cut_pair(vis, ir, patch=C.PATCH_SIZE, stride=C.STRIDE, scale=C.SCALE, where=
 
 
 def _vis_storage(paths):
-    """Smallest exact storage type for the visible patches: uint8 for 8-bit sources, etc.
+    """Smallest exact storage type for the visible patches: uint8 for 8-bit sources, etc. (an
+    8-bit RGB source's luminance is rounded to 8 bits, as PIL's mode "L", which the official
+    code read its images with, rounds it).
 
     Unreadable files are left out here; the main loop reports them.
     """

@@ -40,10 +40,14 @@ def test_patches_are_aligned_and_ir_is_downsampled_the_official_way(tmp_path):
 
 
 def test_low_resolution_ir_is_cut_at_aligned_positions():
-    vis = np.random.default_rng(0).random((64, 64)).astype(np.float32)
-    ir = vis[::4, ::4].copy()
-    v, i = cut_pair(vis, ir, patch=32, stride=16, scale=4)
-    np.testing.assert_array_equal(i[4], ir[4:12, 4:12])  # row 1, column 1 -> origin (16, 16)
+    for shape in ((64, 64), (64, 96), (96, 64)):  # square too: there rows and columns could swap
+        vis = np.random.default_rng(0).random(shape).astype(np.float32)
+        ir = vis[::4, ::4].copy()
+        v, i = cut_pair(vis, ir, patch=32, stride=16, scale=4)
+        assert len(v) == len(i) == ((shape[0] - 32) // 16 + 1) * ((shape[1] - 32) // 16 + 1)
+        for k in range(len(v)):  # every infrared patch is its visible patch's own low-resolution cut
+            np.testing.assert_array_equal(i[k], v[k][::4, ::4], err_msg=f"{shape} patch {k}")
+        np.testing.assert_array_equal(i[4], ir[4:12, 4:12]) if shape == (64, 64) else None
     with pytest.raises(InputError, match="multiple of the scale"):
         cut_pair(vis, ir, patch=32, stride=14, scale=4)
 
@@ -59,10 +63,54 @@ def test_mismatched_pairs_are_skipped_reported_or_resized(tmp_path):
         build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, on_mismatch="error", log=quiet)
     summary = build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, on_mismatch="resize", log=quiet)
     assert summary["pairs"] == 2 and not summary["skipped"] and source_names(out) == ["a", "b"]
+    # resized to the size it is nearest: a 62x94 infrared to the visible 64x96 (then downsampled
+    # per patch), a 15x23 one to 1/4 of it, 16x24 (then cut)
+    from ddcgan_tf.images import read_grey
+    from ddcgan_tf.patches import _resize
+
+    vis = read_grey(os.path.join(vis_dir, "b.png"))
+    ir_full = np.random.default_rng(1).random((62, 94))
+    for ir, target in ((ir_full, (64, 96)), (ir_full[::4, ::4], (16, 24))):
+        iio.imwrite(os.path.join(ir_dir, "b.png"), (ir * 255).round().astype(np.uint8))
+        build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, on_mismatch="resize", log=quiet)
+        _, expected = cut_pair(vis, _resize(read_grey(os.path.join(ir_dir, "b.png")), target), 32, 16, 4)
+        with h5py.File(out, "r") as f:
+            np.testing.assert_allclose(f["ir"][-len(expected):, ..., 0], expected, atol=1e-6, err_msg=str(target))
     with h5py.File(tmp_path / "plain.h5", "w") as f:  # e.g. the official layout: no sources
         f["data"] = np.zeros((2, 84, 84, 2), np.float32)
     with pytest.raises(InputError, match="plain.h5.*no list of source pairs"):
         source_names(str(tmp_path / "plain.h5"))
+
+
+def test_visible_patches_keep_their_sources_depth_and_are_read_back_in_unit_range(tmp_path):
+    """8-bit sources are stored as uint8 (an RGB one as its rounded luminance), 16-bit ones as
+    uint16 with all their levels, and PatchSet gives both back as floats in [0, 1]."""
+    rng = np.random.default_rng(0)
+    for kind in ("rgb8", "grey16"):
+        root = tmp_path / kind
+        (root / "vis").mkdir(parents=True)
+        (root / "ir").mkdir()
+        if kind == "rgb8":
+            vis = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+            grey = vis @ np.array([0.299, 0.587, 0.114]) / 255.0
+            stored_type, full = np.uint8, 255.0
+        else:
+            vis = (1000 + np.arange(32 * 48).reshape(32, 48) % 201).astype(np.uint16)  # 201 levels
+            grey = vis / 65535.0
+            stored_type, full = np.uint16, 65535.0
+        iio.imwrite(root / "vis" / "a.png", vis)
+        iio.imwrite(root / "ir" / "a.png", rng.integers(0, 256, (8, 12), dtype=np.uint8))
+        out = str(root / "set.h5")
+        build_patch_set(str(root / "vis"), str(root / "ir"), out, patch=32, stride=16, scale=4, log=quiet)
+        with h5py.File(out, "r") as f:
+            stored = f["vis"][:, ..., 0]
+        assert stored.dtype == stored_type, kind
+        np.testing.assert_array_equal(stored[0], np.rint(grey[:, :32] * full).astype(stored_type), err_msg=kind)
+        if kind == "grey16":
+            assert len(np.unique(stored)) == 201
+        patches = PatchSet(out)
+        v, _ = patches.take(np.arange(len(patches)))
+        np.testing.assert_allclose(v[0, ..., 0], np.rint(grey[:, :32] * full) / full, atol=1e-7, err_msg=kind)
 
 
 def test_exclude_missing_partner_and_empty_directory(tmp_path):
