@@ -254,7 +254,27 @@ def test_wrong_layouts_are_rejected_with_the_file_name(tmp_path):
         f["ir"] = np.zeros((2, 84, 84, 1))
     with pytest.raises(InputError, match="do not match scale 4"):
         PatchSet(path)
+    for nv, ni in ((10, 6), (6, 10)):  # one more visible patch than infrared ones, or fewer
+        with h5py.File(path, "w") as f:
+            f["vis"] = np.zeros((nv, 84, 84, 1), np.uint8)
+            f["ir"] = np.zeros((ni, 21, 21, 1), np.float32)
+        with pytest.raises(InputError, match=f"bad.h5: 'vis' has {nv} patches but 'ir' has {ni}"):
+            PatchSet(path)
     not_h5 = tmp_path / "text.h5"
     not_h5.write_text("hello")
     with pytest.raises(InputError, match="not a readable HDF5 file"):
         PatchSet(str(not_h5))
+
+
+def test_one_batch_needs_as_many_patches_as_the_batch(tmp_path):
+    """A set of exactly one batch trains one batch an epoch; one patch fewer is refused."""
+    from ddcgan_tf.data import batches_per_epoch
+
+    path = str(tmp_path / "set.h5")
+    with h5py.File(path, "w") as f:
+        f["vis"] = np.zeros((24, 84, 84, 1), np.uint8)
+        f["ir"] = np.zeros((24, 21, 21, 1), np.float32)
+    assert batches_per_epoch(PatchSet(path), 24) == 1
+    assert batches_per_epoch(PatchSet(path), 12) == 2
+    with pytest.raises(InputError, match="set.h5: holds 24 patches, fewer than one batch of 25"):
+        batches_per_epoch(PatchSet(path), 25)
