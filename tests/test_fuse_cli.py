@@ -59,6 +59,8 @@ def test_resize_rule_crops_and_downsamples(generator_file):
     fuser = Fuser(load_generator(generator_file))
     with pytest.raises(InputError, match="must be 24x16"):
         fuser(v, ir)
+    with pytest.raises(InputError, match="is 16x24 but must be 24x16"):  # the right pixel count, turned
+        fuser(v, np.zeros((24, 16), np.float32))
     assert fuser(vis, ir, resize=True).shape == (64, 96)
 
 

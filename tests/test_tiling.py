@@ -145,6 +145,16 @@ def test_batch_mode_global_statistics_equal_whole_image(batch):
     vis2, ir2 = pair(72, 100, seed=3)
     np.testing.assert_allclose(fuse_tiled(batch, vis2, ir2, tile=48, overlap=24), batch(vis2, ir2),
                                atol=BATCH_TOL, rtol=0)
+    # The generator's weights change (training between two calls, in a notebook): the cached
+    # statistics copy takes the current weights, not those of its first use.
+    kernel = batch.generator.decoder_convs[-1].conv.kernel
+    saved = kernel.numpy()
+    try:
+        kernel.assign(-saved)
+        np.testing.assert_allclose(fuse_tiled(batch, vis, ir, tile=48, overlap=24), batch(vis, ir),
+                                   atol=BATCH_TOL, rtol=0)
+    finally:
+        kernel.assign(saved)
 
 
 def test_global_statistics_are_the_whole_images_population_moments():
