@@ -2,6 +2,7 @@
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -151,6 +152,32 @@ def test_existing_output_needs_overwrite(generator_file, tmp_path):
     assert not (out_dir / "keep.txt").exists() and (out_dir / "saved_model.pb").is_file()
     assert read_config(str(out_dir))["bn_mode"] == "moving"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no .tmp-* left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(out_dir).st_mode) == 0o777 & ~umask  # others may serve it (mkdtemp: 0700)
+
+
+def test_a_failed_overwrite_puts_the_previous_export_back(generator_file, tmp_path, monkeypatch):
+    """The new export moves into place last; when that fails (EIO here), the previous export is
+    back at its path, whole, and no temporary directory is left."""
+    import errno
+
+    out_dir = tmp_path / "saved"
+    generator = load_generator(generator_file)
+    export_saved_model(generator, str(out_dir))
+    before = sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*"))
+    real_rename = os.rename
+
+    def rename(src, dst):
+        if os.path.basename(src).startswith(".tmp-export-"):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", rename)
+    with pytest.raises(InputError, match="saved: cannot write \\(Input/output error\\)"):
+        export_saved_model(generator, str(out_dir), overwrite=True)
+    assert sorted(str(p.relative_to(out_dir)) for p in out_dir.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
 
 
 def test_output_holding_the_checkpoint_is_refused_even_with_overwrite(generator_file, tmp_path):
