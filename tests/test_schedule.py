@@ -259,7 +259,7 @@ def test_xla_compiles_the_pieces_and_trains_as_the_graph_does():
     """compile(jit_compile=True): every loop body is an XLA computation of its own (a G step
     inside one XLA while loop took 154 s instead of 3 s on the CPU, see DDcGAN._compiled), and
     a batch with each kind of repeat, from the same state, gives what the plain graph gives to
-    the rounding of XLA's kernels: the same steps, losses within 1 %, weight updates within
+    the rounding of XLA's kernels: the same steps, losses within 1 % (D's 5 %), weight updates within
     15 % of their norm (measured over two batches: 5.7 % for G, 3.4 % Dv, 0.2 % Di, as much as
     with the whole step compiled; RMSProp's first steps follow the gradients' signs, so
     rounding flips the steps of near-zero gradients). A repeat that skips its update fails."""
@@ -289,8 +289,12 @@ def test_xla_compiles_the_pieces_and_trains_as_the_graph_does():
         a, b = outs
         assert (a["dv_steps"], a["g_steps"]) == steps
         assert (a["dv_steps"], a["di_steps"], a["g_steps"]) == (b["dv_steps"], b["di_steps"], b["g_steps"])
-        for k in ("g_loss", "g_adv", "dv_loss", "di_loss"):
-            assert abs(a[k] - b[k]) <= 0.01 * abs(a[k]), (seed, k, a[k], b[k])
+        # The D losses are reported for G's output after its last step, which rounding moves
+        # most: on an AMD EPYC with AVX512-BF16, where TensorFlow turns oneDNN on by default,
+        # dv_loss after three full G steps differs by 2.5 % (G's update by 4.9 %; every other
+        # loss within 0.2 %); with oneDNN off all four are within 1 %.
+        for k, tol in (("g_loss", 0.01), ("g_adv", 0.01), ("dv_loss", 0.05), ("di_loss", 0.05)):
+            assert abs(a[k] - b[k]) <= tol * abs(a[k]), (seed, k, a[k], b[k])
         before = dict(zip([v.path for v in state(plain)], start))
         for net in ("generator", "dv", "di"):
             pairs = [(p, x) for p, x in zip(plain.trainable_variables, xla.trainable_variables)
