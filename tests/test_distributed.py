@@ -84,24 +84,23 @@ def test_distributed_step_equals_single_device_step():
     assert worst < 0.1, worst
 
 
+# ddcgan-train as worker `index` of a localhost cluster (MultiWorkerMirroredStrategy), or, for
+# index -1, as one process; the remaining arguments are the command's flags
 WORKER = textwrap.dedent("""
     import json, os, sys
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-    data, model_dir, ports, index = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    strategy = "default"
+    index, ports, args = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
     if index >= 0:
         os.environ["TF_CONFIG"] = json.dumps({
             "cluster": {"worker": ["localhost:" + p for p in ports.split(",")]},
             "task": {"type": "worker", "index": index}})
-        strategy = "multiworker"
+        args += ["--strategy", "multiworker"]
     else:  # the replicas pool BN statistics with the two-pass moments; so does the reference
         from ddcgan_tf import layers  # (the fused kernel's equality is tested in test_models)
         layers.FUSED = False
-    from ddcgan_tf.train import train
-    model = train(data, model_dir, steps=3, batch_size=8, seed=0, tensorboard=False, verbose=0,
-                  checkpoint_every=3, strategy=strategy,
-                  overrides=dict(l_max=-1.0, g_max=0.0, max_repeats=2))
-    print("REPLICAS", model.distribute_strategy.num_replicas_in_sync)
+    from ddcgan_tf.cli.train import run
+    sys.argv = ["ddcgan-train", *args]
+    run()
 """)
 
 
@@ -127,55 +126,88 @@ def _free_ports(n):
     return ",".join(ports)
 
 
-def _wait_for_all(procs, timeout):
-    """Waits until every process has exited, or one has failed (its peers would wait for it in
-    the collective ops forever), or `timeout` seconds have passed."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        codes = [p.poll() for p in procs]
-        if None not in codes or any(c not in (None, 0) for c in codes):
-            return
-        time.sleep(0.2)
+def test_multiworker_run_stopped_on_one_worker_resumes_and_equals_one_process(small_patch_set, tmp_path):
+    """Two worker processes (MultiWorkerMirroredStrategy over TF_CONFIG on localhost) with a
+    model_dir each. SIGTERM to the non-chief only (a scheduler preempting one machine): both
+    finish the same batch and stop (one stopping alone left the other waiting in the
+    collectives for ever), the chief saves that batch's full state, each says why and exits
+    143. The same commands resume (the non-chief from the chief's state: its own directory has
+    none) and end where one process training the same global batches ends: the same schedule
+    decisions, weights within float32 all-reduce noise; only the chief writes."""
+    import signal
 
-
-def test_multiworker_training_equals_single_device(small_patch_set, tmp_path):
-    """Two worker processes (MultiWorkerMirroredStrategy over TF_CONFIG on localhost) train the
-    same global batches as one process: same schedule decisions, the same weights within
-    float32 all-reduce noise, and only the chief (worker 0) writes checkpoints and logs."""
-    from ddcgan_tf.checkpoint import latest_checkpoint, load_generator
+    from ddcgan_tf.checkpoint import latest_checkpoint, list_checkpoints, load_generator
+    from ddcgan_tf.record import read_record
 
     env = dict(os.environ, PYTHONPATH=REPO)
-    ports = _free_ports(2)
     dirs = [str(tmp_path / name) for name in ("w0", "w1", "single")]
-    logs = [open(tmp_path / f"w{k}.log", "w+") for k in range(2)]
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, small_patch_set, dirs[k], ports, str(k)],
-                                stdout=logs[k], stderr=subprocess.STDOUT, text=True, env=env)
-               for k in range(2)]
-    try:
-        single = subprocess.run([sys.executable, "-c", WORKER, small_patch_set, dirs[2], ports, "-1"],
-                                capture_output=True, text=True, env=env, timeout=900)
-        _wait_for_all(workers, timeout=900)
-    finally:
-        for w in workers:  # a worker left waiting for a failed peer would never exit
-            if w.poll() is None:
-                w.kill()
-                w.wait()
-    for w, log in zip(workers, logs):
-        log.seek(0)
-        out = log.read()
-        log.close()
-        assert w.returncode == 0, out[-3000:]
-        assert "REPLICAS 2" in out
-    assert single.returncode == 0, single.stderr[-3000:]
+    # forced repeats (D always losing, G always too large): every loop of the schedule runs
+    flags_ = ["--data", small_patch_set, "--batch_size", "8", "--seed", "0", "--checkpoint_every", "1000",
+              "--notensorboard", "--l_max=-1", "--g_max=0", "--max_repeats", "2"]
 
-    assert latest_checkpoint(dirs[0]) and not latest_checkpoint(dirs[1])
-    assert not os.path.exists(os.path.join(dirs[1], "steps.jsonl"))
+    def start(index, steps, ports, verbose="0"):
+        name = "single" if index < 0 else f"w{index}"
+        log = open(tmp_path / f"{name}-{steps}.log", "w+")
+        proc = subprocess.Popen([sys.executable, "-c", WORKER, str(index), ports, *flags_, "--model_dir",
+                                 dirs[index], "--steps", str(steps), "--verbose", verbose],
+                                stdout=log, stderr=subprocess.STDOUT, text=True, env=env)
+        return proc, log
+
+    def finish(started, timeout):
+        deadline = time.monotonic() + timeout
+        try:  # every process to its end (a stopped worker exits 143 while the chief still saves)
+            for p, _ in started:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            for p, _ in started:  # a worker left waiting for a stopped peer would never exit
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+        outs = []
+        for _, log in started:
+            log.seek(0)
+            outs.append(log.read())
+            log.close()
+        return [p.returncode for p, _ in started], outs
+
+    step_log = os.path.join(dirs[0], "steps.jsonl")
+    ports = _free_ports(2)
+    workers = [start(k, 200, ports) for k in range(2)]
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and all(p.poll() is None for p, _ in workers):
+        if os.path.exists(step_log) and len(open(step_log).read().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    workers[1][0].send_signal(signal.SIGTERM)
+    codes, outs = finish(workers, timeout=300)
+    assert codes == [143, 143], (codes, outs[0][-2000:], outs[1][-2000:])
+    stopped = [int(x.split("after batch ")[1].split(";")[0]) for x in outs]
+    assert stopped[0] == stopped[1] >= 2, outs
+    batch = stopped[0]
+    assert "stopped by SIGTERM after batch" in outs[1] and "writes no checkpoints" in outs[1]
+    assert f"another worker was stopped by a signal after batch {batch}" in outs[0], outs[0][-2000:]
+    saved = latest_checkpoint(dirs[0])
+    assert list_checkpoints(dirs[0])[-1][0] == batch and saved in outs[0]
+    assert [json.loads(x)["step"] for x in open(step_log)] == list(range(1, batch + 1))
+
+    ports = _free_ports(2)
+    codes, outs = finish([start(0, batch + 1, ports, "2"), start(1, batch + 1, ports, "2"),
+                          start(-1, batch + 1, ports, "2")], timeout=900)
+    assert codes == [0, 0, 0], (outs[0][-2000:], outs[1][-2000:], outs[2][-2000:])
+    assert f"resumed from {saved}: {batch} of {batch + 1} batches done" in outs[0], outs[0][-2000:]
+    assert f"resumed from the chief's checkpoint: {batch} of {batch + 1} batches done" in outs[1], outs[1][-2000:]
+    assert list_checkpoints(dirs[0])[-1][0] == batch + 1
+    assert not latest_checkpoint(dirs[1]) and not os.path.exists(os.path.join(dirs[1], "steps.jsonl"))
+    assert {s["replicas"] for s in read_record(dirs[0])["segments"]} == {2}
     logs = [[json.loads(x) for x in open(os.path.join(d, "steps.jsonl"))] for d in (dirs[0], dirs[2])]
-    assert [r["step"] for r in logs[0]] == [1, 2, 3]
-    # the official alternation, decided in the cross-replica graph: D, G, D
-    for a, b, want in zip(*logs, ([2, 2, 0], [0, 0, 2], [2, 2, 0])):
-        assert [a[k] for k in ("dv_steps", "di_steps", "g_steps")] == \
-               [b[k] for k in ("dv_steps", "di_steps", "g_steps")] == want
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == list(range(1, batch + 2))
+    # the official alternation, decided in the cross-replica graph: D, G, D, ...
+    assert [[r[k] for k in ("dv_steps", "di_steps", "g_steps")] for r in logs[0][:3]] == \
+           [[2, 2, 0], [0, 0, 2], [2, 2, 0]]
+    for a, b in zip(*logs):
+        assert [a[k] for k in ("dv_steps", "di_steps", "g_steps")] == [b[k] for k in ("dv_steps", "di_steps", "g_steps")]
         # float32 all-reduce order and per-worker batch sizes (oneDNN picks other kernels) differ.
         # The discriminator losses are the sensitive ones: one process with oneDNN on vs off gives
         # g_loss within 0.3 % but dv_loss 2.9 % apart by batch 2 (Intel Xeon); multiworker vs one
@@ -184,82 +216,7 @@ def test_multiworker_training_equals_single_device(small_patch_set, tmp_path):
             assert abs(a[k] - b[k]) <= tol * max(1.0, abs(b[k])), (a["step"], k, a[k], b[k])
     g_multi, g_single = load_generator(dirs[0]), load_generator(dirs[2])
     # 2 % of each variable's scale, with the initial weights' scale (0.05) as the floor for
-    # variables that start at zero (biases, BN beta): 18 optimizer steps of float32 noise
+    # variables that start at zero (biases, BN beta): float32 noise over the run's optimizer steps
     worst = max(float(np.max(np.abs(a.numpy() - b.numpy())) / max(0.05, np.max(np.abs(b.numpy()))))
                 for a, b in zip(g_multi.weights, g_single.weights))
     assert worst < 2e-2, worst
-
-
-def test_multiworker_run_stopped_by_a_signal_stops_every_worker_after_one_batch(small_patch_set, tmp_path):
-    """SIGTERM to one worker only (a scheduler preempting one machine): every worker finishes the
-    same batch and stops (a worker stopping alone would leave its peers waiting in the
-    collectives), the chief saves that batch's full state, each worker says why it stopped and
-    exits 143, and the same commands resume from that batch."""
-    import signal
-
-    from ddcgan_tf.checkpoint import latest_checkpoint, list_checkpoints
-
-    env = dict(os.environ, PYTHONPATH=REPO)
-    dirs = [str(tmp_path / name) for name in ("w0", "w1")]
-
-    def start(steps, ports, verbose="0"):
-        procs, logs = [], []
-        for k in range(2):
-            log = open(tmp_path / f"w{k}-{steps}.log", "w+")
-            worker_env = dict(env, TF_CONFIG=json.dumps({
-                "cluster": {"worker": ["localhost:" + p for p in ports.split(",")]},
-                "task": {"type": "worker", "index": k}}))
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "ddcgan_tf.cli.train", "--data", small_patch_set, "--model_dir", dirs[k],
-                 "--steps", str(steps), "--batch_size", "8", "--seed", "0", "--strategy", "multiworker",
-                 "--checkpoint_every", "1000", "--verbose", verbose, "--notensorboard", "--max_repeats", "1"],
-                stdout=log, stderr=subprocess.STDOUT, text=True, env=worker_env))
-            logs.append(log)
-        return procs, logs
-
-    def finish(procs, logs, timeout):
-        deadline = time.monotonic() + timeout
-        try:  # every worker to its end (a stopped one exits 143 while the chief still saves)
-            for p in procs:
-                p.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            for p in procs:  # a worker left waiting for a stopped peer would never exit
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-        outs = []
-        for log in logs:
-            log.seek(0)
-            outs.append(log.read())
-            log.close()
-        return [p.returncode for p in procs], outs
-
-    step_log = os.path.join(dirs[0], "steps.jsonl")
-    procs, logs = start(200, _free_ports(2))
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and all(p.poll() is None for p in procs):
-        if os.path.exists(step_log) and len(open(step_log).read().splitlines()) >= 2:
-            break
-        time.sleep(0.2)
-    procs[1].send_signal(signal.SIGTERM)
-    codes, outs = finish(procs, logs, timeout=300)
-    assert codes == [143, 143], (codes, outs[0][-2000:], outs[1][-2000:])
-    stopped = [int(x.split("after batch ")[1].split(";")[0].split(":")[0]) for x in outs]
-    assert stopped[0] == stopped[1] >= 2, outs
-    batch = stopped[0]
-    assert "stopped by SIGTERM after batch" in outs[1] and "writes no checkpoints" in outs[1]
-    assert f"another worker was stopped by a signal after batch {batch}" in outs[0], outs[0][-2000:]
-    saved = latest_checkpoint(dirs[0])
-    assert list_checkpoints(dirs[0])[-1][0] == batch and saved in outs[0]
-    assert [json.loads(x)["step"] for x in open(step_log)] == list(range(1, batch + 1))
-    assert not latest_checkpoint(dirs[1])
-
-    # only the chief holds the checkpoint: the other worker takes its state from the chief
-    codes, outs = finish(*start(batch + 1, _free_ports(2), verbose="2"), timeout=600)
-    assert codes == [0, 0], (outs[0][-2000:], outs[1][-2000:])
-    assert f"resumed from {saved}: {batch} of {batch + 1} batches done" in outs[0], outs[0][-2000:]
-    assert f"resumed from the chief's checkpoint: {batch} of {batch + 1} batches done" in outs[1], outs[1][-2000:]
-    assert [json.loads(x)["step"] for x in open(step_log)] == list(range(1, batch + 2))
-    assert list_checkpoints(dirs[0])[-1][0] == batch + 1
