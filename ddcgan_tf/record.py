@@ -68,8 +68,10 @@ def add_segment(record, first_batch, **where):
     batches again); a start at the place of the last segment extends it (a plain resume)."""
     kept = [s for s in segments(record) if s["first_batch"] < first_batch]
     new = {"first_batch": int(first_batch), **where}
-    if kept and all(kept[-1].get(k) == new.get(k) for k in SEGMENT_KEYS):
-        return kept
+    if kept:  # a segment from before the seed was a segment key ran with the record's seed
+        last = {"seed": record.get("seed"), **kept[-1]}
+        if all(last.get(k) == new.get(k) for k in SEGMENT_KEYS):
+            return kept
     return kept + [new]
 
 

@@ -106,3 +106,11 @@ def test_the_manifest_names_held_out_scenes_the_run_trained_on_under_another_nam
         "near_copies_trained_on": {"houses_with_3_men": "Movie_14"}}
     assert shipped_data(previous, held, clean) == {"source": "TNO", "held_out": held, "trained_pairs": ["t1"]}
     assert shipped_data(previous, None, clean) == {"source": "TNO"}  # pet-mri: the description only
+
+
+def test_a_segment_recorded_before_seeds_were_kept_per_segment_is_extended_by_a_plain_resume():
+    """config.json from before 2026-11-28 has one seed for the run and none per segment: a resume
+    with that seed extends the last segment (it split it in two), another seed starts one."""
+    old = {"seed": 7, "segments": [dict(first_batch=1, **CPU)]}
+    assert add_segment(old, 101, **CPU, seed=7) == [dict(first_batch=1, **CPU)]
+    assert add_segment(old, 101, **CPU, seed=8) == [dict(first_batch=1, **CPU), dict(first_batch=101, **CPU, seed=8)]
