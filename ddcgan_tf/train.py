@@ -79,6 +79,33 @@ def is_chief():
     return kind == "chief" or (kind == "worker" and index == 0 and not has_chief)
 
 
+class StartTogether:
+    """Under MultiWorkerMirroredStrategy, a worker that fails while setting up (a missing data
+    file, a resume refused for other settings) must not leave the others waiting in the first
+    collective (building the model) for ever. Before it, every worker all-reduces whether it
+    failed: `ready()` raises on the others if one did, and the failing one calls `fail()`
+    instead. One collective each. A failure after it (a damaged checkpoint) still leaves them
+    waiting."""
+
+    def __init__(self, strategy):
+        self._any = cb.any_worker(strategy)
+        self.agreed = False
+
+    def ready(self):
+        self.agreed = True
+        if bool(self._any(tf.constant(0.0))):
+            raise InputError("--strategy multiworker", "another worker failed to start (its own error "
+                                                       "says why); every worker stops")
+
+    def fail(self):
+        if not self.agreed:
+            self.agreed = True
+            try:
+                self._any(tf.constant(1.0))
+            except Exception:  # noqa: BLE001 - the worker's own error is the one to report
+                pass
+
+
 def share_chief_state(model, strategy):
     """Sets every worker's training state (`checkpoint.state_variables`) to the chief's.
 
@@ -154,83 +181,92 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
                                    "same batches (give all of them the same --seed)")
     # first: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op
     distribution = make_strategy(strategy)
-    _check_count("--steps", steps, allow_none=True)
-    _check_count("--epochs", epochs)
-    _check_count("--checkpoint_every", checkpoint_every)
-    _check_count("--keep", keep)
-    _check_count("--sample_every", sample_every)
-    _check_count("--nan_retries", nan_retries, allow_zero=True)
-    if nan_retries and strategy == "multiworker":
-        raise InputError("--nan_retries", "is not supported with --strategy multiworker (only the "
-                                          "chief holds the checkpoints to restore)")
-    if scale not in SCALES:
-        raise InputError("--scale", f"must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
-    check_output_dir(model_dir, create=True)
-    probe_writable(model_dir)
-    seed = None if seed is None else check_seed(seed)
-    patches = PatchSet(data, scale)
-    steps_per_epoch = batches_per_epoch(patches, batch_size)
-    log = print if verbose else (lambda *_: None)
-    manager = CheckpointManager(model_dir, keep=keep, log=lambda msg: print(msg, file=sys.stderr))
+    start = StartTogether(distribution) if strategy == "multiworker" else None
     try:
-        cfg = C.get_preset(preset, scale, **(overrides or {}))
-    except (TypeError, ValueError, KeyError) as e:
-        raise InputError("--preset", f"bad preset or override ({e})") from None
-    model_options = dict(scale=scale, patch_size=patches.patch, official_decoder=official_decoder,
-                         bn_mode=bn_mode)
-    latest, stored_model, stored_train = manager.latest_readable()
-    stored = read_record(model_dir) if latest else {}
-    stored_seed = stored.get("seed")
-    try:
-        stored_seed = None if stored_seed is None else check_seed(stored_seed)
-    except InputError:  # a damaged record: the run goes on with a new seed
-        stored_seed = None
-    if seed is None:  # a resumed run keeps its data seed; a new one draws and records one
-        seed = new_seed() if stored_seed is None else stored_seed
-        if latest and stored_seed is None:
-            print(f"warning: {model_dir} records no data seed (no readable config.json), so this resume "
-                  f"draws batches with a new seed, {seed}; pass the run's --seed to keep its batch order",
-                  file=sys.stderr)
-    elif stored_seed is not None and seed != stored_seed:
-        print(f"warning: data seed {seed}: the batches from here on differ from the run's seed "
-              f"{stored_seed} (config.json records both, by batch)", file=sys.stderr)
-    keras.utils.set_random_seed(seed)
-    if init_from is not None and not latest:
-        init_from = warm_start_file(init_from)  # InputError for a missing file before any work
-    if latest:
-        mismatch = {k: (stored_model.get(k), v) for k, v in model_options.items()
-                    if stored_model.get(k) != v}
-        differ = _train_differences(stored_train, cfg)
-        if mismatch or differ:
-            raise InputError(model_dir, f"holds a run with other settings "
-                                        f"({mismatch or differ}: the run's, then this call's); "
-                                        f"resume with the run's settings or use a new --model_dir")
-        stored_epoch = read_steps_per_epoch(latest)
-        if stored_epoch is not None and stored_epoch != steps_per_epoch:
-            raise InputError(model_dir, f"holds a run with {stored_epoch} batches per epoch, but {data} in "
-                                        f"batches of {batch_size} gives {steps_per_epoch} (the learning-rate "
-                                        f"decay and the batch order depend on it); resume with the run's patch "
-                                        f"set and --batch_size, or start a new --model_dir (--init_from "
-                                        f"fine-tunes its weights)")
-    if mixed_precision not in (None, "float32", "mixed_bfloat16", "mixed_float16"):
-        raise InputError("--mixed_precision", f"must be mixed_bfloat16 or mixed_float16, got {mixed_precision!r}")
-    keras.mixed_precision.set_global_policy(mixed_precision or "float32")
-    with distribution.scope():
-        model = build_model(train_config=cfg, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
-                            **model_options)
-    restored = manager.restore_latest(model)
-    if restored:
-        if init_from is not None:
-            log(f"--init_from ignored: {model_dir} holds a run, which resumes")
-        init_from = stored.get("init_from")  # keep the record across resumes
-    elif init_from is not None:
-        loaded = load_networks(model, init_from)
-        init_from = os.path.abspath(init_from)
-        log(f"initialised {', '.join(loaded)} from {init_from}")
-    if strategy == "multiworker":  # the chief's state is the run's (a resume reads it only there)
-        share_chief_state(model, distribution)
-        if not restored and int(model.batch_count.numpy()):
-            restored = "the chief's checkpoint"
+        _check_count("--steps", steps, allow_none=True)
+        _check_count("--epochs", epochs)
+        _check_count("--checkpoint_every", checkpoint_every)
+        _check_count("--keep", keep)
+        _check_count("--sample_every", sample_every)
+        _check_count("--nan_retries", nan_retries, allow_zero=True)
+        if nan_retries and strategy == "multiworker":
+            raise InputError("--nan_retries", "is not supported with --strategy multiworker (only the "
+                                              "chief holds the checkpoints to restore)")
+        if scale not in SCALES:
+            raise InputError("--scale", f"must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
+        check_output_dir(model_dir, create=True)
+        probe_writable(model_dir)
+        seed = None if seed is None else check_seed(seed)
+        patches = PatchSet(data, scale)
+        steps_per_epoch = batches_per_epoch(patches, batch_size)
+        log = print if verbose else (lambda *_: None)
+        manager = CheckpointManager(model_dir, keep=keep, log=lambda msg: print(msg, file=sys.stderr))
+        try:
+            cfg = C.get_preset(preset, scale, **(overrides or {}))
+        except (TypeError, ValueError, KeyError) as e:
+            raise InputError("--preset", f"bad preset or override ({e})") from None
+        model_options = dict(scale=scale, patch_size=patches.patch, official_decoder=official_decoder,
+                             bn_mode=bn_mode)
+        latest, stored_model, stored_train = manager.latest_readable()
+        stored = read_record(model_dir) if latest else {}
+        stored_seed = stored.get("seed")
+        try:
+            stored_seed = None if stored_seed is None else check_seed(stored_seed)
+        except InputError:  # a damaged record: the run goes on with a new seed
+            stored_seed = None
+        if seed is None:  # a resumed run keeps its data seed; a new one draws and records one
+            seed = new_seed() if stored_seed is None else stored_seed
+            if latest and stored_seed is None:
+                print(f"warning: {model_dir} records no data seed (no readable config.json), so this resume "
+                      f"draws batches with a new seed, {seed}; pass the run's --seed to keep its batch order",
+                      file=sys.stderr)
+        elif stored_seed is not None and seed != stored_seed:
+            print(f"warning: data seed {seed}: the batches from here on differ from the run's seed "
+                  f"{stored_seed} (config.json records both, by batch)", file=sys.stderr)
+        keras.utils.set_random_seed(seed)
+        if init_from is not None and not latest:
+            init_from = warm_start_file(init_from)  # InputError for a missing file before any work
+        if latest:
+            mismatch = {k: (stored_model.get(k), v) for k, v in model_options.items()
+                        if stored_model.get(k) != v}
+            differ = _train_differences(stored_train, cfg)
+            if mismatch or differ:
+                raise InputError(model_dir, f"holds a run with other settings "
+                                            f"({mismatch or differ}: the run's, then this call's); "
+                                            f"resume with the run's settings or use a new --model_dir")
+            stored_epoch = read_steps_per_epoch(latest)
+            if stored_epoch is not None and stored_epoch != steps_per_epoch:
+                raise InputError(model_dir, f"holds a run with {stored_epoch} batches per epoch, but {data} in "
+                                            f"batches of {batch_size} gives {steps_per_epoch} (the learning-rate "
+                                            f"decay and the batch order depend on it); resume with the run's patch "
+                                            f"set and --batch_size, or start a new --model_dir (--init_from "
+                                            f"fine-tunes its weights)")
+        if mixed_precision not in (None, "float32", "mixed_bfloat16", "mixed_float16"):
+            raise InputError("--mixed_precision",
+                             f"must be mixed_bfloat16 or mixed_float16, got {mixed_precision!r}")
+        keras.mixed_precision.set_global_policy(mixed_precision or "float32")
+        if start is not None:  # before the first collective (building the model broadcasts its weights)
+            start.ready()
+        with distribution.scope():
+            model = build_model(train_config=cfg, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
+                                **model_options)
+        restored = manager.restore_latest(model)
+        if restored:
+            if init_from is not None:
+                log(f"--init_from ignored: {model_dir} holds a run, which resumes")
+            init_from = stored.get("init_from")  # keep the record across resumes
+        elif init_from is not None:
+            loaded = load_networks(model, init_from)
+            init_from = os.path.abspath(init_from)
+            log(f"initialised {', '.join(loaded)} from {init_from}")
+        if start is not None:  # the chief's state is the run's (a resume reads it only there)
+            share_chief_state(model, distribution)
+            if not restored and int(model.batch_count.numpy()):
+                restored = "the chief's checkpoint"
+    except Exception:
+        if start is not None:  # the peers would wait for this worker in the first collective
+            start.fail()
+        raise
     done = int(model.batch_count.numpy())
     total = int(steps) if steps else epochs * steps_per_epoch
     log(f"{'resumed from ' + restored if restored else 'new run'}: {done} of {total} batches done; "

@@ -224,3 +224,29 @@ def test_multiworker_run_stopped_on_one_worker_resumes_and_equals_one_process(sm
     worst = max(float(np.max(np.abs(a.numpy() - b.numpy())) / max(0.05, np.max(np.abs(b.numpy()))))
                 for a, b in zip(g_multi.weights, g_single.weights))
     assert worst < 2e-2, worst
+
+
+def test_a_worker_that_fails_to_start_stops_the_others(small_patch_set, tmp_path):
+    """A worker whose setup fails (here its data file is missing) tells the others before the
+    first collective, which they would otherwise wait in for ever: each exits 2 with one line,
+    the failing one naming its problem, the others saying another worker failed."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    ports = _free_ports(2)
+    procs = []
+    for k, data in enumerate((small_patch_set, str(tmp_path / "missing.h5"))):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(k), ports, "--data", data, "--model_dir", str(tmp_path / f"w{k}"),
+             "--steps", "2", "--batch_size", "8", "--seed", "0", "--notensorboard", "--verbose", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
+    try:
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert [p.returncode for p in procs] == [2, 2], [o[1][-1500:] for o in outs]
+    errors = [o[1].strip().splitlines()[-1] for o in outs]
+    assert errors[0] == ("ddcgan-train: error: --strategy multiworker: another worker failed to start "
+                         "(its own error says why); every worker stops"), errors
+    assert errors[1].startswith(f"ddcgan-train: error: {tmp_path / 'missing.h5'}"), errors
