@@ -12,7 +12,7 @@ SHARED = os.path.join(os.path.dirname(REPO), "shared", "data")
 # The longest tests in CI (--durations, 2026-11-28: 40-275 s each) start first, so that neither
 # xdist worker is left running one of them alone at the end (that CI run: 822 s of wall for
 # 653 s of CPU per worker). The rest keep their order. A renamed test just loses its place.
-LONG_FIRST = ("test_multiworker_run_stopped_on_one_worker", "test_xla_compiles_the_pieces",
+LONG_FIRST = ("test_xla_compiles_the_pieces",
               "test_training_resumes_from_the_saved_step", "test_one_jax_batch_equals_the_tf_train_step",
               "test_nan_retries_restore", "test_a_resume_with_another_seed", "test_init_from_fine_tunes",
               "test_prepare_train_fuse_from_the_command_line", "test_mixed_precision_trains_on_the_cpu",

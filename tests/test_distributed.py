@@ -130,6 +130,7 @@ def _free_ports(n):
     return ",".join(ports)
 
 
+@pytest.mark.slow  # 110 s alone, 200-275 s in CI beside the other worker (WORKSPACE "CI's length")
 def test_multiworker_run_stopped_on_one_worker_resumes_and_equals_one_process(small_patch_set, tmp_path):
     """Two worker processes (MultiWorkerMirroredStrategy over TF_CONFIG on localhost) with a
     model_dir each. SIGTERM to the non-chief only (a scheduler preempting one machine): both
