@@ -63,17 +63,17 @@ def _read_vars(group, variables, where):
         v.assign(value)
 
 
-def _counters(model):
-    return [model.batch_count, model.optimizer_steps]
+def _state_groups(model):
+    """[(HDF5 group, variables)] of the full training state of a compiled DDcGAN: the three
+    networks, the counters and each optimizer's slots (`save_state`'s layout)."""
+    groups = [("generator", model.generator.weights), ("dv", model.dv.weights), ("di", model.di.weights),
+              ("counters", [model.batch_count, model.optimizer_steps])]
+    return groups + [(f"opt_{name}", opt.variables) for name, opt in model.optimizers.items()]
 
 
 def state_variables(model):
-    """Every variable of the full training state, in `save_state`'s order: the three networks,
-    the counters and the optimizers' slots."""
-    out = [*model.generator.weights, *model.dv.weights, *model.di.weights, *_counters(model)]
-    for opt in model.optimizers.values():
-        out += list(opt.variables)
-    return out
+    """Every variable of the full training state, in `save_state`'s order."""
+    return [v for _, variables in _state_groups(model) for v in variables]
 
 
 def save_state(model, path):
@@ -81,11 +81,8 @@ def save_state(model, path):
 
     def write(tmp):
         with h5py.File(tmp, "w") as f:
-            for name, net in (("generator", model.generator), ("dv", model.dv), ("di", model.di)):
-                _write_vars(f.create_group(name), net.weights)
-            _write_vars(f.create_group("counters"), _counters(model))
-            for name, opt in model.optimizers.items():
-                _write_vars(f.create_group(f"opt_{name}"), opt.variables)
+            for name, variables in _state_groups(model):
+                _write_vars(f.create_group(name), variables)
             f.attrs["model_config"] = json.dumps(model.get_config())
             f.attrs["train_config"] = model.train_config.to_json()
             f.attrs["steps_per_epoch"] = int(model.steps_per_epoch)
@@ -125,11 +122,8 @@ def load_state(model, path):
     path = os.fspath(path)
     try:
         with h5py.File(path, "r") as f:
-            for name, net in (("generator", model.generator), ("dv", model.dv), ("di", model.di)):
-                _read_vars(f[name], net.weights, path)
-            _read_vars(f["counters"], _counters(model), path)
-            for name, opt in model.optimizers.items():
-                _read_vars(f[f"opt_{name}"], opt.variables, path)
+            for name, variables in _state_groups(model):
+                _read_vars(f[name], variables, path)
     except InputError:
         raise
     except _H5_ERRORS as e:
