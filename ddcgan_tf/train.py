@@ -81,25 +81,28 @@ def is_chief():
 
 class StartTogether:
     """Under MultiWorkerMirroredStrategy, a worker that fails while setting up (a missing data
-    file, a resume refused for other settings) must not leave the others waiting in the first
-    collective (building the model) for ever. Before it, every worker all-reduces whether it
-    failed: `ready()` raises on the others if one did, and the failing one calls `fail()`
-    instead. One collective each. A failure after it (a damaged checkpoint) still leaves them
-    waiting."""
+    file, a resume refused for other settings, a damaged checkpoint or warm-start file) must not
+    leave the others waiting for it in their next collective. At each agreement point every
+    worker all-reduces whether it failed: `ready()` raises on the others if one did, and the
+    failing one calls `fail()` instead, which joins the next agreement. Two points: before the
+    model is built (the first collective: the weights' broadcast) and after the weights are
+    restored or warm-started (`last=True`; then the chief's state is shared). One collective each.
+    A failure inside the model's build, or after the last agreement, is not covered."""
 
     def __init__(self, strategy):
         self._any = cb.any_worker(strategy)
-        self.agreed = False
+        self._open = True  # the next agreement is still ahead (fail() must join it)
 
-    def ready(self):
-        self.agreed = True
+    def ready(self, last=False):
+        self._open = not last
         if bool(self._any(tf.constant(0.0))):
+            self._open = False
             raise InputError("--strategy multiworker", "another worker failed to start (its own error "
                                                        "says why); every worker stops")
 
     def fail(self):
-        if not self.agreed:
-            self.agreed = True
+        if self._open:
+            self._open = False
             try:
                 self._any(tf.constant(1.0))
             except Exception:  # noqa: BLE001 - the worker's own error is the one to report
@@ -260,6 +263,7 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
             init_from = os.path.abspath(init_from)
             log(f"initialised {', '.join(loaded)} from {init_from}")
         if start is not None:  # the chief's state is the run's (a resume reads it only there)
+            start.ready(last=True)
             share_chief_state(model, distribution)
             if not restored and int(model.batch_count.numpy()):
                 restored = "the chief's checkpoint"

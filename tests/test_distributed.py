@@ -227,20 +227,29 @@ def test_multiworker_run_stopped_on_one_worker_resumes_and_equals_one_process(sm
     assert worst < 2e-2, worst
 
 
-def test_a_worker_that_fails_to_start_stops_the_others(small_patch_set, tmp_path):
-    """A worker whose setup fails (here its data file is missing) tells the others before the
-    first collective, which they would otherwise wait in for ever: each exits 2 with one line,
-    the failing one naming its problem, the others saying another worker failed."""
+@pytest.mark.parametrize("where", ["data", "init_from"])
+def test_a_worker_that_fails_to_start_stops_the_others(small_patch_set, tmp_path, where):
+    """A worker whose setup fails tells the others, which would otherwise wait for it in the next
+    collective for ever: each exits 2 with one line, the failing one naming its problem, the others
+    saying another worker failed. "data": its data file is missing (before the model is built,
+    the first collective). "init_from": its warm-start file is damaged, found after the model is
+    built (a damaged checkpoint on a resume fails at the same point)."""
+    bad = str(tmp_path / ("missing.h5" if where == "data" else "damaged.h5"))
+    if where == "init_from":
+        with open(bad, "wb") as f:
+            f.write(b"not an HDF5 file")
+    args = [["--data", small_patch_set], ["--data", small_patch_set, "--init_from", bad]] if where == "init_from" \
+        else [["--data", small_patch_set], ["--data", bad]]
     env = dict(os.environ, PYTHONPATH=REPO)
     ports = _free_ports(2)
     procs = []
-    for k, data in enumerate((small_patch_set, str(tmp_path / "missing.h5"))):
+    for k, extra in enumerate(args):
         procs.append(subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(k), ports, "--data", data, "--model_dir", str(tmp_path / f"w{k}"),
+            [sys.executable, "-c", WORKER, str(k), ports, *extra, "--model_dir", str(tmp_path / f"w{k}"),
              "--steps", "2", "--batch_size", "8", "--seed", "0", "--notensorboard", "--verbose", "0"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env))
     try:
-        outs = [p.communicate(timeout=300) for p in procs]
+        outs = [p.communicate(timeout=120) for p in procs]
     finally:
         for p in procs:
             if p.poll() is None:
@@ -250,4 +259,4 @@ def test_a_worker_that_fails_to_start_stops_the_others(small_patch_set, tmp_path
     errors = [o[1].strip().splitlines()[-1] for o in outs]
     assert errors[0] == ("ddcgan-train: error: --strategy multiworker: another worker failed to start "
                          "(its own error says why); every worker stops"), errors
-    assert errors[1].startswith(f"ddcgan-train: error: {tmp_path / 'missing.h5'}"), errors
+    assert errors[1].startswith(f"ddcgan-train: error: {bad}"), errors
