@@ -7,10 +7,11 @@ Layout written by `build_patch_set` (read by `ddcgan_tf.data`):
 
 Infrared downsampling (when the infrared image has the visible size) follows the official code:
 each full-resolution 84x84 infrared patch is reduced by `scipy.ndimage.zoom(patch, 1/s)`
-(cubic spline, order 3), as the official `train.py` does per batch; we then clip to [0, 1],
-which it does not (a departure that keeps the stored layout an image: on the first 12 TNO
+(cubic spline, order 3), as the official `train.py` does per batch; by default we then clip to
+[0, 1], which it does not (a departure that keeps the stored layout an image: on the first 12 TNO
 infrared images, 6.5 % of patches differ, by up to 0.22 where the spline overshoots next to
-saturated hot regions). When the infrared image is already 1/s of the visible size (PET 64x64 with MRI
+saturated hot regions). `clip_ir=False` (`ddcgan-prepare --noclip_ir`) stores the spline's
+values as the official code computes them; attrs['ir_downsampling'] says which. When the infrared image is already 1/s of the visible size (PET 64x64 with MRI
 256x256), patches are cut at aligned positions and the stride must be a multiple of s.
 """
 import json
@@ -30,13 +31,13 @@ MISMATCH_RULES = ("skip", "error", "resize")
 RANGE_TOLERANCE = 1e-3  # rounding of computed inputs (e.g. a PET intensity) just outside [0, 1]
 
 
-def downsample_ir(patch, scale):
+def downsample_ir(patch, scale, clip=True):
     """Official IR downsampling, scipy.ndimage.zoom(patch, 1/scale) (order 3), then clipped to
-    [0, 1] (the official train.py does not clip; see the module docstring)."""
+    [0, 1] unless `clip` is False (the official train.py does not clip; see the module docstring)."""
     if scale == 1:
         return np.asarray(patch, np.float32)
     out = scipy.ndimage.zoom(np.asarray(patch, np.float64), 1.0 / scale)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    return (np.clip(out, 0.0, 1.0) if clip else out).astype(np.float32)
 
 
 def fit_sizes(vis, ir, scale):
@@ -108,12 +109,13 @@ def _as_grey(image, label, where):
     return np.clip(f, 0.0, 1.0)
 
 
-def cut_pair(vis, ir, patch=C.PATCH_SIZE, stride=C.STRIDE, scale=C.SCALE, where="pair"):
+def cut_pair(vis, ir, patch=C.PATCH_SIZE, stride=C.STRIDE, scale=C.SCALE, where="pair", clip_ir=True):
     """Aligned patches of one registered pair -> (vis (n, P, P), ir (n, P/s, P/s)) float32.
 
     `vis` and `ir` are 2-D arrays with values in [0, 1] (any real dtype). `ir` either has the
     visible size (then each patch is downsampled the official way) or is exactly 1/scale of it
-    (then it is cut at the aligned positions). Any problem raises InputError.
+    (then it is cut at the aligned positions). Any problem raises InputError. clip_ir: see
+    downsample_ir.
     """
     check_geometry(patch, stride, scale)
     vis, ir = _as_grey(vis, "visible", where), _as_grey(ir, "infrared", where)
@@ -136,7 +138,7 @@ def cut_pair(vis, ir, patch=C.PATCH_SIZE, stride=C.STRIDE, scale=C.SCALE, where=
             if low:
                 ir_out.append(ir[y // scale:y // scale + q, x // scale:x // scale + q])
             else:
-                ir_out.append(downsample_ir(ir[y:y + p, x:x + p], scale))
+                ir_out.append(downsample_ir(ir[y:y + p, x:x + p], scale, clip=clip_ir))
     return np.stack(vis_out).astype(np.float32), np.stack(ir_out).astype(np.float32)
 
 
@@ -208,7 +210,7 @@ def near_copies(pairs, others, read_ir=None, threshold=C.NEAR_COPY_CORRELATION):
 
 def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE, scale=C.SCALE,
                     exclude=(), on_mismatch="skip", mode="vis-ir", read_ir=None, log=print,
-                    allow_near_copies=False):
+                    allow_near_copies=False, clip_ir=True):
     """Cuts every pair of vis_dir / ir_dir (paired by file stem) into one HDF5 patch set.
 
     on_mismatch: what to do with a pair whose sizes do not fit: "skip" it (reported, and listed
@@ -217,6 +219,8 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
     pair that nearly copies an excluded one (`near_copy`) is an InputError naming both, before any
     file is written, unless allow_near_copies: it would put a held-out scene in the training set.
     read_ir: function path -> grey [0, 1] image for the infrared side (PET intensity, say).
+    clip_ir: clip the downsampled infrared patches to [0, 1] (the default; False stores the
+    official code's values, spline overshoot included; see the module docstring).
 
     A pair that cannot be used for another reason (unreadable or corrupt file, NaN/Inf, an
     image smaller than one patch) is reported and left out, and the run goes on: it is listed in
@@ -267,7 +271,7 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
                 where = f"{vpath} / {ipath}"
                 try:
                     vis, ir = images.read_grey(vpath), read_ir(ipath)
-                    vp, ip = _cut(vis, ir, patch, stride, scale, where, stem, on_mismatch, skipped, log)
+                    vp, ip = _cut(vis, ir, patch, stride, scale, where, stem, on_mismatch, skipped, log, clip_ir)
                 except InputError as e:
                     fail(stem, e)
                     continue
@@ -294,8 +298,10 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
                            sources=json.dumps(sources), skipped=json.dumps(skipped),
                            excluded=json.dumps(sorted(set(exclude))),
                            failed=json.dumps(failed),
-                           value_range="[0, 1] after dividing by each dataset's max_value",
-                           ir_downsampling="scipy.ndimage.zoom(patch, 1/scale), order 3, clipped")
+                           value_range="[0, 1] after dividing by each dataset's max_value"
+                                       + ("" if clip_ir else " (ir: the spline's overshoot kept)"),
+                           ir_downsampling="scipy.ndimage.zoom(patch, 1/scale), order 3, "
+                                           + ("clipped to [0, 1]" if clip_ir else "not clipped (official)"))
             count[0] = dv.shape[0]
 
     count = [0]
@@ -316,10 +322,10 @@ def source_names(path):
     return [s["name"] for s in json.loads(sources)]
 
 
-def _cut(vis, ir, patch, stride, scale, where, stem, on_mismatch, skipped, log):
+def _cut(vis, ir, patch, stride, scale, where, stem, on_mismatch, skipped, log, clip_ir=True):
     """cut_pair with the on_mismatch rule; (None, None) for a skipped pair."""
     try:
-        return cut_pair(vis, ir, patch, stride, scale, where=where)
+        return cut_pair(vis, ir, patch, stride, scale, where=where, clip_ir=clip_ir)
     except InputError as e:
         if on_mismatch == "error" or not _is_size_problem(vis, ir, scale):
             raise
@@ -329,7 +335,7 @@ def _cut(vis, ir, patch, stride, scale, where, stem, on_mismatch, skipped, log):
             return None, None
         target = vis.shape if ir.shape[0] > vis.shape[0] // scale + 1 else (
             vis.shape[0] // scale, vis.shape[1] // scale)
-        return cut_pair(vis, _resize(ir, target), patch, stride, scale, where=where)
+        return cut_pair(vis, _resize(ir, target), patch, stride, scale, where=where, clip_ir=clip_ir)
 
 
 def _is_size_problem(vis, ir, scale):

@@ -39,6 +39,39 @@ def test_patches_are_aligned_and_ir_is_downsampled_the_official_way(tmp_path):
         np.testing.assert_allclose(f["ir"][k, ..., 0], expected, atol=1e-6)
 
 
+def test_noclip_ir_keeps_the_official_splines_overshoot(tmp_path):
+    """The official train.py downsamples each 84x84 infrared patch with scipy zoom and does not
+    clip; our default clips to [0, 1]. `ddcgan-prepare --noclip_ir` stores the official values:
+    next to a saturated hot square the spline overshoots above 1 (and undershoots below 0)."""
+    vis_dir, ir_dir = os.path.join(tmp_path, "vis"), os.path.join(tmp_path, "ir")
+    os.makedirs(vis_dir)
+    os.makedirs(ir_dir)
+    rng = np.random.default_rng(0)
+    ir = np.zeros((64, 64), np.uint8)
+    ir[20:44, 24:40] = 255  # a hot object with sharp edges
+    iio.imwrite(os.path.join(vis_dir, "a.png"), rng.integers(0, 256, (64, 64), dtype=np.uint8))
+    iio.imwrite(os.path.join(ir_dir, "a.png"), ir)
+    official = [scipy.ndimage.zoom(ir[y:y + 32, x:x + 32] / 255.0, 0.25)
+                for y in range(0, 33, 16) for x in range(0, 33, 16)]
+    assert max(o.max() for o in official) > 1.02 and min(o.min() for o in official) < -0.02
+    env = dict(os.environ, PYTHONPATH=REPO)
+    stored = {}
+    for flag in ("--clip_ir", "--noclip_ir"):
+        out = str(tmp_path / f"{flag}.h5")
+        r = subprocess.run([sys.executable, "-m", "ddcgan_tf.cli.prepare", "--vis_dir", vis_dir, "--ir_dir", ir_dir,
+                            "--output", out, "--patch", "32", "--stride", "16", flag],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 0, r.stderr
+        with h5py.File(out, "r") as f:
+            stored[flag] = (f["ir"][..., 0], f.attrs["ir_downsampling"])
+        _, read_ir = PatchSet(out, 4).take(np.arange(9))  # what training reads
+        np.testing.assert_array_equal(read_ir[..., 0], stored[flag][0])
+    clipped, official_set = stored["--clip_ir"][0], stored["--noclip_ir"][0]
+    np.testing.assert_allclose(official_set, np.stack(official), atol=1e-6)
+    np.testing.assert_allclose(clipped, np.clip(np.stack(official), 0, 1), atol=1e-6)
+    assert "not clipped" in stored["--noclip_ir"][1] and "clipped to [0, 1]" in stored["--clip_ir"][1]
+
+
 def test_low_resolution_ir_is_cut_at_aligned_positions():
     for shape in ((64, 64), (64, 96), (96, 64)):  # square too: there rows and columns could swap
         vis = np.random.default_rng(0).random(shape).astype(np.float32)

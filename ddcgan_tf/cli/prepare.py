@@ -27,6 +27,9 @@ flags.DEFINE_enum("on_mismatch", "skip", MISMATCH_RULES,
                   "Pairs whose sizes do not fit: skip them, stop with an error, or resize the infrared.")
 flags.DEFINE_enum("mode", "vis-ir", ["vis-ir", "pet-mri"],
                   "pet-mri: the infrared side is PET (colour PET contributes its IHS intensity).")
+flags.DEFINE_bool("clip_ir", True,
+                  "Clip the downsampled infrared patches to [0, 1]; --noclip_ir keeps the cubic spline's "
+                  "overshoot, as the official train.py does (only for infrared images of the visible size).")
 flags.mark_flags_as_required(["vis_dir", "ir_dir", "output"])
 
 
@@ -39,7 +42,7 @@ def main(argv):
     summary = build_patch_set(FLAGS.vis_dir, FLAGS.ir_dir, FLAGS.output, patch=FLAGS.patch,
                               stride=FLAGS.stride, scale=FLAGS.scale, exclude=FLAGS.exclude,
                               on_mismatch=FLAGS.on_mismatch, mode=FLAGS.mode, read_ir=read_ir,
-                              allow_near_copies=FLAGS.allow_near_copies)
+                              allow_near_copies=FLAGS.allow_near_copies, clip_ir=FLAGS.clip_ir)
     print(f"wrote {summary['patches']} patches from {summary['pairs']} pairs to {summary['output']}"
           + (f"; skipped {len(summary['skipped'])}: " + ", ".join(s["name"] for s in summary["skipped"])
              if summary["skipped"] else ""))
