@@ -106,9 +106,11 @@ class StopAtStep(keras.callbacks.Callback):
     def __init__(self, total):
         super().__init__()
         self.total = int(total)
+        self.reached = None  # the batch count after the last whole batch of this fit
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(self.model.batch_count.numpy()) >= self.total:
+        self.reached = int(self.model.batch_count.numpy())
+        if self.reached >= self.total:
             self.model.stop_training = True
 
 

@@ -26,6 +26,12 @@ class TrainingDiverged(RuntimeError):
     """A loss became NaN or Inf; the last good checkpoint is kept."""
 
 
+class PeerLost(RuntimeError):
+    """--strategy multiworker: another worker stopped or became unreachable in the middle of a
+    batch (killed, crashed, its machine gone). Nothing is saved at that point (the batch may be
+    half applied); every worker resumes from the chief's newest checkpoint when started again."""
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGTERM or SIGINT stopped training after a whole batch; the full state at that batch is
     saved (`checkpoint`), and the same call resumes from it. A KeyboardInterrupt, so a notebook
@@ -292,7 +298,8 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     guard = cb.NaNGuard()
     stopper = cb.GracefulStop(distribution if strategy == "multiworker" else None)
     # StepLog before Checkpoint: a saved step is always logged already
-    callbacks = [cb.StopAtStep(total), guard]
+    stop_at = cb.StopAtStep(total)
+    callbacks = [stop_at, guard]
     if chief:
         callbacks += [cb.StepLog(step_log), cb.Checkpoint(manager, checkpoint_every)]
     if tensorboard and chief:
@@ -310,6 +317,10 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         try:
             model.fit(dataset, epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch,
                       steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+        except (tf.errors.UnavailableError, tf.errors.CancelledError) as e:
+            if strategy != "multiworker":
+                raise
+            raise _peer_lost(e, done if stop_at.reached is None else stop_at.reached, model_dir, chief) from None
         finally:  # a fit that raised never called on_train_end
             stopper.restore()
         if not guard.bad:
@@ -334,6 +345,18 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     if (stopper.received is not None or stopper.peer_stopped) and reached < total:
         raise TrainingInterrupted(stopper.request, reached, latest_checkpoint(model_dir))
     return model
+
+
+def _peer_lost(error, reached, model_dir, chief):
+    """The PeerLost for a collective that failed because a peer went away (`error`) after this
+    worker's batch `reached` (the failed step may have counted the next batch already)."""
+    if chief:
+        newest = latest_checkpoint(model_dir)
+        kept = f"the newest checkpoint is {newest}" if newest else f"no checkpoint was saved yet in {model_dir}"
+    else:
+        kept = "the chief keeps the checkpoints"
+    return PeerLost(f"--strategy multiworker: another worker stopped or became unreachable after batch "
+                    f"{reached} ({type(error).__name__}); {kept}: start every worker again to resume")
 
 
 def _train_differences(stored, cfg):

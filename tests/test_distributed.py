@@ -260,3 +260,38 @@ def test_a_worker_that_fails_to_start_stops_the_others(small_patch_set, tmp_path
     assert errors[0] == ("ddcgan-train: error: --strategy multiworker: another worker failed to start "
                          "(its own error says why); every worker stops"), errors
     assert errors[1].startswith(f"ddcgan-train: error: {bad}"), errors
+
+
+@pytest.mark.slow  # 25-130 s (two TensorFlow processes training; the longer under load)
+def test_a_worker_lost_mid_run_stops_the_others_with_one_line(small_patch_set, tmp_path):
+    """SIGKILL (or a crash, or a lost machine) on one worker: the others' next collective fails.
+    They stop with one line and exit 4 (not a TensorFlow traceback), the chief naming its newest
+    checkpoint, from which every worker resumes; and TensorFlow's INFO log (about 900 lines as
+    the collectives were traced) does not bury that line."""
+    env = dict(os.environ, PYTHONPATH=REPO)
+    ports = _free_ports(2)
+    procs = [subprocess.Popen(
+        [sys.executable, "-c", WORKER, str(k), ports, "--data", small_patch_set, "--model_dir", str(tmp_path / f"w{k}"),
+         "--steps", "100000", "--batch_size", "8", "--seed", "0", "--checkpoint_every", "2", "--notensorboard",
+         "--verbose", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for k in (0, 1)]
+    log = tmp_path / "w0" / "steps.jsonl"
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (log.exists() and len(log.read_text().splitlines()) >= 3):
+            assert all(p.poll() is None for p in procs), [p.communicate()[1][-1500:] for p in procs]
+            time.sleep(0.5)
+        procs[1].kill()
+        out, err = procs[0].communicate(timeout=120)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert procs[0].returncode == 4, err[-2000:]
+    lines = err.strip().splitlines()
+    assert len(lines) <= 2, lines[:5]  # a Keras/absl warning at most, then the error
+    logged = len(log.read_text().splitlines())
+    assert lines[-1].startswith("ddcgan-train: error: --strategy multiworker: another worker stopped or became "
+                                f"unreachable after batch {logged} ("), lines[-1]
+    newest = sorted((tmp_path / "w0").glob("ckpt-*.h5"))[-1]
+    assert f"the newest checkpoint is {newest}: start every worker again to resume" in lines[-1]

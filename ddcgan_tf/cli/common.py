@@ -11,23 +11,27 @@ EXIT_BAD_INPUT = 2
 
 
 def import_tensorflow_quietly():
-    """Imports TensorFlow with the C++ start-up chatter (absl/oneDNN notices) silenced.
+    """Imports TensorFlow with the C++ start-up chatter (absl/oneDNN notices) and its Python INFO
+    log silenced.
 
     TF 2.21 prints those lines to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says; a CLI
     whose error must be one line cannot have them. Python exceptions still propagate.
     """
-    if "tensorflow" in sys.modules:
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
+    if "tensorflow" not in sys.modules:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+    import tensorflow
+    # its Python INFO log (through absl's handler once app.run starts) is for developers:
+    # under --strategy multiworker it printed about 900 lines as the collectives were traced
+    tensorflow.get_logger().setLevel("WARNING")
 
 
 def one_line(text):

@@ -3,7 +3,8 @@
 Exit status: 0 done; 2 bad input or an output that cannot be written (one line on stderr);
 3 a loss became NaN/Inf (one line; the last good checkpoint is kept); 128 + the signal's number
 (143 SIGTERM, 130 SIGINT/Ctrl-C) stopped by a signal after a whole batch, its state saved (one
-line; the same command resumes).
+line; the same command resumes); 4 --strategy multiworker lost another worker in the middle of a
+batch (one line; start every worker again to resume from the chief's newest checkpoint).
 """
 import sys
 
@@ -13,6 +14,7 @@ from ddcgan_tf import config as C
 from ddcgan_tf.cli.common import error_exit, one_line, run_main
 
 EXIT_DIVERGED = 3
+EXIT_PEER_LOST = 4
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("data", None, "HDF5 patch set (ddcgan-prepare output or the official Training_Dataset.h5).")
@@ -66,7 +68,7 @@ OVERRIDES = ("learning_rate", "lr_decay_rate", "content_weight", "grad_weight", 
 
 def main(argv):
     del argv
-    from ddcgan_tf.train import TrainingDiverged, TrainingInterrupted, train
+    from ddcgan_tf.train import PeerLost, TrainingDiverged, TrainingInterrupted, train
 
     overrides = {k: FLAGS[k].value for k in OVERRIDES if FLAGS[k].value is not None}
     if overrides.get("clip_value") == 0:
@@ -81,6 +83,8 @@ def main(argv):
               nan_retries=FLAGS.nan_retries, init_from=FLAGS.init_from)
     except TrainingDiverged as e:
         error_exit("ddcgan-train", e, EXIT_DIVERGED)
+    except PeerLost as e:
+        error_exit("ddcgan-train", e, EXIT_PEER_LOST)
     except TrainingInterrupted as e:  # not an error: one line, and the shell's status for the signal
         print(f"ddcgan-train: {one_line(e)}", file=sys.stderr)
         sys.exit(128 + e.signum)
