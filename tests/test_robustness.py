@@ -404,6 +404,78 @@ def test_outputs_never_overwrite_the_inputs_and_names_pair_unambiguously(tmp_pat
         list_images(vis_dir)
 
 
+def test_pairing_skips_hidden_files_and_names_an_infrared_image_with_no_visible_partner(tmp_path):
+    """Hidden files (macOS's ._a.png, a killed write's .tmp-*.png) are not images to pair; an
+    image on either side with no partner is an error naming it, not a pair left out."""
+    from ddcgan_tf.images import pair_by_name
+
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a", "b"), ir_scale=4)
+    for name in ("._a.png", ".tmp-x1.png"):
+        with open(os.path.join(vis_dir, name), "wb") as f:
+            f.write(b"\x00\x05\x16\x07 AppleDouble or a partial write")
+    assert [stem for stem, _, _ in pair_by_name(vis_dir, ir_dir)] == ["a", "b"]
+    iio.imwrite(os.path.join(ir_dir, "z.png"), np.zeros((16, 24), np.uint8))
+    with pytest.raises(InputError, match=f"{os.path.join(ir_dir, 'z.png')}: no vis partner named 'z.*'"):
+        pair_by_name(vis_dir, ir_dir)
+    os.remove(os.path.join(ir_dir, "z.png"))
+    iio.imwrite(os.path.join(vis_dir, "y.png"), np.zeros((64, 96), np.uint8))
+    with pytest.raises(InputError, match=f"{os.path.join(vis_dir, 'y.png')}: no ir partner named 'y.*'"):
+        pair_by_name(vis_dir, ir_dir)
+
+
+def test_grey_alpha_png_reads_as_its_grey_channel(tmp_path):
+    grey = np.arange(64, dtype=np.uint8).reshape(8, 8) * 3
+    path = str(tmp_path / "la.png")
+    iio.imwrite(path, np.stack([grey, np.full_like(grey, 200)], axis=-1))  # grey + alpha
+    assert read_raw(path).shape == (8, 8, 2)
+    np.testing.assert_allclose(read_grey(path), grey / 255.0, atol=1e-7)
+    np.testing.assert_allclose(read_rgb(path), np.repeat(grey[..., None] / 255.0, 3, axis=-1), atol=1e-7)
+
+
+def test_8_bit_output_is_rounded_not_truncated():
+    from ddcgan_tf.images import to_uint8
+
+    np.testing.assert_array_equal(to_uint8(np.array([0.999, 0.5, 0.2, 254.6 / 255, 0.0, 1.0])),
+                                  [255, 128, 51, 255, 0, 255])
+    np.testing.assert_array_equal(to_uint8(np.array([0.25, 0.5, 0.75]), stretch=True), [0, 128, 255])
+
+
+def test_atomic_write_syncs_the_data_before_the_rename_and_gives_the_usual_mode(tmp_path, monkeypatch):
+    """The rename must never publish a file whose bytes are still only in the page cache (a power
+    loss would leave an empty checkpoint under the good name); and the file gets the mode any
+    new file gets (0666 less the umask), not mkstemp's 0600: checkpoints, fused images and
+    config.json are read by other users and services."""
+    import ddcgan_tf.images as images_module
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(images_module.os, "fsync",
+                        lambda fd: (events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))), real_fsync(fd))[1])
+    monkeypatch.setattr(images_module.os, "replace",
+                        lambda a, b: (events.append(("replace", os.fspath(a))), real_replace(a, b))[1])
+    target = tmp_path / "out.json"
+    old = os.umask(0o027)
+    try:
+        atomic_write(target, lambda tmp: open(tmp, "w").write("{}"))
+    finally:
+        os.umask(old)
+    kinds = [k for k, _ in events]
+    tmp = events[kinds.index("replace")][1]
+    assert ("fsync", tmp) in events[:kinds.index("replace")], events
+    assert oct(os.stat(target).st_mode & 0o777) == oct(0o640)
+
+
+def test_atomic_write_interrupted_by_any_exception_leaves_no_temporary_file(tmp_path):
+    def write(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise KeyboardInterrupt  # Ctrl-C mid-write: not an OSError
+
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "fused.png", write)
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("ext", [".jpg", ".tif"])
 def test_cmyk_images_are_read_as_their_colours(tmp_path, ext):
     """imageio returns CMYK files as 4 stored channels; read as RGBA they gave an inverted,
