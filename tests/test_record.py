@@ -34,6 +34,18 @@ def test_segments_follow_the_trainers_and_a_plain_resume_extends_one(tmp_path):
     assert batch_ranges(again, 2000) == [dict(batches="1-2000", **GPU)]  # a generator of batch 2000
 
 
+def test_a_second_restart_at_the_same_batch_replaces_that_segment_and_the_last_batch_keeps_its_machine():
+    """Resumed at batch 3 with another seed, killed before a new checkpoint, resumed at 3 again
+    with a third seed: batches 3.. ran with the third only (no "3-2" range in the manifest). And
+    a segment that starts at the manifest's last batch is listed ("5-5"), not dropped."""
+    record = {"seed": 2, "segments": [dict(first_batch=1, seed=1, **CPU), dict(first_batch=3, seed=2, **CPU)]}
+    again = add_segment(record, 3, seed=3, **CPU)
+    assert [(s["first_batch"], s["seed"]) for s in again] == [(1, 1), (3, 3)]
+    assert [r["batches"] for r in batch_ranges(again, 5)] == ["1-2", "3-5"]
+    assert batch_ranges([dict(first_batch=1, **GPU), dict(first_batch=5, **CPU)], 5) == [
+        dict(batches="1-4", **GPU), dict(batches="5-5", **CPU)]
+
+
 def test_a_record_older_than_segments_names_its_one_trainer(tmp_path):
     assert read_record(str(tmp_path)) == {}  # no record
     (tmp_path / "config.json").write_text("{not json")
