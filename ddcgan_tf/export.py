@@ -130,8 +130,9 @@ def export_saved_model(generator, output_dir, overwrite=False):
     is recorded in the stored config.
 
     Written atomically: the export goes to a temporary sibling directory that is renamed into
-    place once complete. An existing `output_dir` raises InputError unless `overwrite=True`; it
-    is then moved aside, replaced and deleted (a crash in between leaves it as a `.tmp-old-*`
+    place once complete. An existing `output_dir` raises InputError unless `overwrite=True` and
+    it is an earlier export or an empty directory (nothing else is ever deleted); it is then
+    moved aside, replaced and deleted (a crash in between leaves it as a `.tmp-old-*`
     sibling, never a half-written export at `output_dir`). Returns the generator config dict.
     """
     import keras
@@ -141,6 +142,10 @@ def export_saved_model(generator, output_dir, overwrite=False):
     check_output_dir(parent, create=True)  # `--output exported/ddcgan` makes exported/, as train makes runs/
     if os.path.lexists(output_dir) and not overwrite:
         raise InputError(output_dir, "already exists (pass --overwrite / overwrite=True to replace it)")
+    if os.path.lexists(output_dir) and not _replaceable(output_dir):
+        raise InputError(output_dir, f"is not a previous export (no saved_model.pb and {CONFIG_FILE}); "
+                                     "--overwrite replaces only an export or an empty directory, so "
+                                     "choose another --output")
     if not generator.built:
         generator.build()
     config = generator_config(generator)
@@ -183,6 +188,19 @@ def export_saved_model(generator, output_dir, overwrite=False):
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return config
+
+
+def _replaceable(path):
+    """Whether --overwrite may delete `path`: an earlier export (its SavedModel file and our
+    config) or an empty directory; never a training run or any other folder or file."""
+    if os.path.islink(path) or not os.path.isdir(path):
+        return False
+    try:
+        entries = os.listdir(path)
+    except OSError:
+        return False
+    return not entries or (os.path.isfile(os.path.join(path, "saved_model.pb"))
+                           and os.path.isfile(os.path.join(path, CONFIG_FILE)))
 
 
 def read_config(saved_model_dir):

@@ -147,6 +147,14 @@ def test_existing_output_needs_overwrite(generator_file, tmp_path):
     assert r.stderr.strip().count("\n") == 0 and "ddcgan-export: error:" in r.stderr
     assert "already exists" in r.stderr
 
+    # --overwrite replaces an earlier export only: this folder (a run, notes) is not one
+    r = export_cli(f"--checkpoint={generator_file}", f"--output={out_dir}", "--overwrite")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "is not a previous export" in r.stderr and (out_dir / "keep.txt").read_text() == "previous"
+    (out_dir / "keep.txt").unlink()
+    export_saved_model(load_generator(generator_file), str(out_dir), overwrite=True)  # an empty directory
+    (out_dir / "keep.txt").write_text("inside an export")
+
     r = export_cli(f"--checkpoint={generator_file}", f"--output={out_dir}", "--overwrite", "--bn_mode=moving")
     assert r.returncode == 0, r.stderr
     assert not (out_dir / "keep.txt").exists() and (out_dir / "saved_model.pb").is_file()
