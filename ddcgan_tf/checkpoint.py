@@ -15,6 +15,9 @@ Restoring skips a damaged newest checkpoint (one copied in half, say) for the ne
 A generator-only file (for fusing and shipping) has the same layout with only `generator/` and
 `model_config`.
 """
+import contextlib
+import errno
+import fcntl
 import glob
 import json
 import os
@@ -257,13 +260,45 @@ def latest_checkpoint(model_dir):
     return found[-1][1] if found else None
 
 
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(model_dir):
+    """Holds model_dir/.lock (an exclusive, non-blocking flock) while a trainer writes the run:
+    two trainers on one run directory would interleave their step logs, prune each other's
+    checkpoints and delete each other's half-written files. InputError naming the holder's
+    process when another trainer has it; the lock goes with the process, however it ends."""
+    path = os.path.join(os.fspath(model_dir), LOCK_FILE)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise WriteError(path, f"cannot open the run's lock file ({os_problem(e)})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise WriteError(path, f"cannot lock the run directory ({os_problem(e)})") from None
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "another process"
+            raise InputError(os.fspath(model_dir), f"is in use by another trainer (process {holder}); wait for "
+                                                   "it to end, stop it, or use another --model_dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the flock
+
+
 class CheckpointManager:
     """Saves ckpt-<batch>.h5 into model_dir, keeping the newest `keep` of them."""
 
-    def __init__(self, model_dir, keep=3, log=print):
+    def __init__(self, model_dir, keep=3, log=print, clean=True):
+        """clean: remove the temporary files a killed writer left (only the process that holds
+        the run's lock, `run_lock`, may: another one's write may be in flight)."""
         self.model_dir, self.keep, self.log = os.fspath(model_dir), max(1, int(keep)), log
         check_output_dir(self.model_dir, create=True)
-        for stale in glob.glob(os.path.join(glob.escape(self.model_dir), ".tmp-*")):
+        for stale in glob.glob(os.path.join(glob.escape(self.model_dir), ".tmp-*")) if clean else ():
             try:
                 os.remove(stale)  # left by a process killed mid-write
             except OSError:

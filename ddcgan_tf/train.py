@@ -1,4 +1,5 @@
 """Training entry point as a library function (the `ddcgan-train` CLI is a thin wrapper)."""
+import contextlib
 import json
 import math
 import os
@@ -12,7 +13,7 @@ import tensorflow as tf
 from ddcgan_tf import callbacks as cb
 from ddcgan_tf import config as C
 from ddcgan_tf.checkpoint import (CheckpointManager, latest_checkpoint, list_checkpoints, load_networks,
-                                  read_steps_per_epoch, state_variables, warm_start_file)
+                                  read_steps_per_epoch, run_lock, state_variables, warm_start_file)
 from ddcgan_tf.data import PatchSet, batch_stream, batches_per_epoch, check_seed, make_dataset, new_seed
 from ddcgan_tf.ddcgan import DDcGAN
 from ddcgan_tf.errors import InputError
@@ -185,166 +186,170 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     run resumes); recorded in config.json.
     """
     model_dir = os.fspath(model_dir)
-    if strategy == "multiworker" and seed is None:  # each worker cuts the global batches itself
-        raise InputError("--seed", "is needed with --strategy multiworker: every worker must draw the "
-                                   "same batches (give all of them the same --seed)")
-    # first: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op
-    distribution = make_strategy(strategy)
-    start = StartTogether(distribution) if strategy == "multiworker" else None
-    try:
-        _check_count("--steps", steps, allow_none=True)
-        _check_count("--epochs", epochs)
-        _check_count("--checkpoint_every", checkpoint_every)
-        _check_count("--keep", keep)
-        _check_count("--sample_every", sample_every)
-        _check_count("--nan_retries", nan_retries, allow_zero=True)
-        if nan_retries and strategy == "multiworker":
-            raise InputError("--nan_retries", "is not supported with --strategy multiworker (only the "
-                                              "chief holds the checkpoints to restore)")
-        if scale not in SCALES:
-            raise InputError("--scale", f"must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
-        check_output_dir(model_dir, create=True)
-        probe_writable(model_dir)
-        seed = None if seed is None else check_seed(seed)
-        patches = PatchSet(data, scale)
-        steps_per_epoch = batches_per_epoch(patches, batch_size)
-        log = print if verbose else (lambda *_: None)
-        manager = CheckpointManager(model_dir, keep=keep, log=lambda msg: print(msg, file=sys.stderr))
+    with contextlib.ExitStack() as held:  # the run directory's lock (run_lock), released however this ends
+        if strategy == "multiworker" and seed is None:  # each worker cuts the global batches itself
+            raise InputError("--seed", "is needed with --strategy multiworker: every worker must draw the "
+                                       "same batches (give all of them the same --seed)")
+        # first: MultiWorkerMirroredStrategy must exist before TensorFlow runs any op
+        distribution = make_strategy(strategy)
+        start = StartTogether(distribution) if strategy == "multiworker" else None
         try:
-            cfg = C.get_preset(preset, scale, **(overrides or {}))
-        except (TypeError, ValueError, KeyError) as e:
-            raise InputError("--preset", f"bad preset or override ({e})") from None
-        model_options = dict(scale=scale, patch_size=patches.patch, official_decoder=official_decoder,
-                             bn_mode=bn_mode)
-        latest, stored_model, stored_train = manager.latest_readable()
-        stored = read_record(model_dir) if latest else {}
-        stored_seed = stored.get("seed")
-        try:
-            stored_seed = None if stored_seed is None else check_seed(stored_seed)
-        except InputError:  # a damaged record: the run goes on with a new seed
-            stored_seed = None
-        if seed is None:  # a resumed run keeps its data seed; a new one draws and records one
-            seed = new_seed() if stored_seed is None else stored_seed
-            if latest and stored_seed is None:
-                print(f"warning: {model_dir} records no data seed (no readable config.json), so this resume "
-                      f"draws batches with a new seed, {seed}; pass the run's --seed to keep its batch order",
-                      file=sys.stderr)
-        elif stored_seed is not None and seed != stored_seed:
-            print(f"warning: data seed {seed}: the batches from here on differ from the run's seed "
-                  f"{stored_seed} (config.json records both, by batch)", file=sys.stderr)
-        keras.utils.set_random_seed(seed)
-        if init_from is not None and not latest:
-            init_from = warm_start_file(init_from)  # InputError for a missing file before any work
-        if latest:
-            mismatch = {k: (stored_model.get(k), v) for k, v in model_options.items()
-                        if stored_model.get(k) != v}
-            differ = _train_differences(stored_train, cfg)
-            if mismatch or differ:
-                raise InputError(model_dir, f"holds a run with other settings "
-                                            f"({mismatch or differ}: the run's, then this call's); "
-                                            f"resume with the run's settings or use a new --model_dir")
-            stored_epoch = read_steps_per_epoch(latest)
-            if stored_epoch is not None and stored_epoch != steps_per_epoch:
-                raise InputError(model_dir, f"holds a run with {stored_epoch} batches per epoch, but {data} in "
-                                            f"batches of {batch_size} gives {steps_per_epoch} (the learning-rate "
-                                            f"decay and the batch order depend on it); resume with the run's patch "
-                                            f"set and --batch_size, or start a new --model_dir (--init_from "
-                                            f"fine-tunes its weights)")
-        if mixed_precision not in (None, "float32", "mixed_bfloat16", "mixed_float16"):
-            raise InputError("--mixed_precision",
-                             f"must be mixed_bfloat16 or mixed_float16, got {mixed_precision!r}")
-        keras.mixed_precision.set_global_policy(mixed_precision or "float32")
-        if start is not None:  # before the first collective (building the model broadcasts its weights)
-            start.ready()
-        with distribution.scope():
-            model = build_model(train_config=cfg, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
-                                **model_options)
-        restored = manager.restore_latest(model)
-        if restored:
-            if init_from is not None:
-                log(f"--init_from ignored: {model_dir} holds a run, which resumes")
-            init_from = stored.get("init_from")  # keep the record across resumes
-        elif init_from is not None:
-            loaded = load_networks(model, init_from)
-            init_from = os.path.abspath(init_from)
-            log(f"initialised {', '.join(loaded)} from {init_from}")
-        if start is not None:  # the chief's state is the run's (a resume reads it only there)
-            start.ready(last=True)
-            share_chief_state(model, distribution)
-            if not restored and int(model.batch_count.numpy()):
-                restored = "the chief's checkpoint"
-    except Exception:
-        if start is not None:  # the peers would wait for this worker in the first collective
-            start.fail()
-        raise
-    done = int(model.batch_count.numpy())
-    total = int(steps) if steps else epochs * steps_per_epoch
-    log(f"{'resumed from ' + restored if restored else 'new run'}: {done} of {total} batches done; "
-        f"{len(patches)} patches, {steps_per_epoch} batches per epoch; data seed {seed}")
-    chief = is_chief()
-    if chief:  # only the chief writes (MultiWorkerMirroredStrategy)
-        here = {"trainer": TF_TRAINER, "device": device_name(), "strategy": strategy,
-                "replicas": distribution.num_replicas_in_sync, "mixed_precision": mixed_precision or "float32",
-                "seed": seed}
-        write_record(model_dir, {
-            **here, "model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
-            "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch,
-            "seed": seed, "init_from": init_from, "segments": add_segment(stored, done + 1, **here)})
-    step_log = os.path.join(model_dir, "steps.jsonl")
-    if chief:  # a killed run may have logged past its checkpoint
-        cb.trim_step_log(step_log, done, write_text)
-    if done >= total:
-        return model
-    guard = cb.NaNGuard()
-    stopper = cb.GracefulStop(distribution if strategy == "multiworker" else None)
-    # StepLog before Checkpoint: a saved step is always logged already
-    stop_at = cb.StopAtStep(total)
-    callbacks = [stop_at, guard]
-    if chief:
-        callbacks += [cb.StepLog(step_log), cb.Checkpoint(manager, checkpoint_every)]
-    if tensorboard and chief:
-        log_dir = os.path.join(model_dir, "logs")
-        check_output_dir(log_dir, create=True)
-        vis, ir = patches.take(next(batch_stream(len(patches), batch_size, seed))[:3])  # batch 1's first 3
-        callbacks.append(cb.SampleImages(log_dir, vis, ir, sample_every))
-    # last: Keras ends the callbacks in order, so the handlers stay until Checkpoint's final save
-    callbacks.append(stopper)
-    start, first = time.time(), done
-    for attempt in range(nan_retries + 1):
-        guard.bad, model.diverged = None, False
-        # the batches go on where the run stands: batch k is the same with or without a stop
-        dataset, _ = make_dataset(patches, batch_size=batch_size, scale=scale, seed=seed, start=done)
-        try:
-            model.fit(dataset, epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch,
-                      steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
-        except (tf.errors.UnavailableError, tf.errors.CancelledError) as e:
-            if strategy != "multiworker":
-                raise
-            raise _peer_lost(e, done if stop_at.reached is None else stop_at.reached, model_dir, chief) from None
-        finally:  # a fit that raised never called on_train_end
-            stopper.restore()
-        if not guard.bad:
-            break
-        step, keys = guard.bad
-        good = latest_checkpoint(model_dir)
-        problem = f"non-finite {', '.join(keys)} at batch {step}"
-        if attempt == nan_retries or not good:
-            kept = f"last good checkpoint kept: {good}" if good else f"no checkpoint saved yet in {model_dir}"
-            retried = f" (after {attempt} {'retry' if attempt == 1 else 'retries'})" if attempt else ""
-            raise TrainingDiverged(f"{problem}{retried}; training stopped, {kept}")
-        if stopper.received is not None:  # asked to stop: the retry is the resume's, from `good`
-            raise TrainingInterrupted(stopper.request, list_checkpoints(model_dir)[-1][0], good)
-        good = manager.restore_latest(model)
+            _check_count("--steps", steps, allow_none=True)
+            _check_count("--epochs", epochs)
+            _check_count("--checkpoint_every", checkpoint_every)
+            _check_count("--keep", keep)
+            _check_count("--sample_every", sample_every)
+            _check_count("--nan_retries", nan_retries, allow_zero=True)
+            if nan_retries and strategy == "multiworker":
+                raise InputError("--nan_retries", "is not supported with --strategy multiworker (only the "
+                                                  "chief holds the checkpoints to restore)")
+            if scale not in SCALES:
+                raise InputError("--scale", f"must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
+            check_output_dir(model_dir, create=True)
+            probe_writable(model_dir)
+            if is_chief():  # one trainer per run directory (only the chief writes there)
+                held.enter_context(run_lock(model_dir))
+            seed = None if seed is None else check_seed(seed)
+            patches = PatchSet(data, scale)
+            steps_per_epoch = batches_per_epoch(patches, batch_size)
+            log = print if verbose else (lambda *_: None)
+            manager = CheckpointManager(model_dir, keep=keep, log=lambda msg: print(msg, file=sys.stderr),
+                                        clean=is_chief())
+            try:
+                cfg = C.get_preset(preset, scale, **(overrides or {}))
+            except (TypeError, ValueError, KeyError) as e:
+                raise InputError("--preset", f"bad preset or override ({e})") from None
+            model_options = dict(scale=scale, patch_size=patches.patch, official_decoder=official_decoder,
+                                 bn_mode=bn_mode)
+            latest, stored_model, stored_train = manager.latest_readable()
+            stored = read_record(model_dir) if latest else {}
+            stored_seed = stored.get("seed")
+            try:
+                stored_seed = None if stored_seed is None else check_seed(stored_seed)
+            except InputError:  # a damaged record: the run goes on with a new seed
+                stored_seed = None
+            if seed is None:  # a resumed run keeps its data seed; a new one draws and records one
+                seed = new_seed() if stored_seed is None else stored_seed
+                if latest and stored_seed is None:
+                    print(f"warning: {model_dir} records no data seed (no readable config.json), so this resume "
+                          f"draws batches with a new seed, {seed}; pass the run's --seed to keep its batch order",
+                          file=sys.stderr)
+            elif stored_seed is not None and seed != stored_seed:
+                print(f"warning: data seed {seed}: the batches from here on differ from the run's seed "
+                      f"{stored_seed} (config.json records both, by batch)", file=sys.stderr)
+            keras.utils.set_random_seed(seed)
+            if init_from is not None and not latest:
+                init_from = warm_start_file(init_from)  # InputError for a missing file before any work
+            if latest:
+                mismatch = {k: (stored_model.get(k), v) for k, v in model_options.items()
+                            if stored_model.get(k) != v}
+                differ = _train_differences(stored_train, cfg)
+                if mismatch or differ:
+                    raise InputError(model_dir, f"holds a run with other settings "
+                                                f"({mismatch or differ}: the run's, then this call's); "
+                                                f"resume with the run's settings or use a new --model_dir")
+                stored_epoch = read_steps_per_epoch(latest)
+                if stored_epoch is not None and stored_epoch != steps_per_epoch:
+                    raise InputError(model_dir, f"holds a run with {stored_epoch} batches per epoch, but {data} in "
+                                                f"batches of {batch_size} gives {steps_per_epoch} (the learning-rate "
+                                                f"decay and the batch order depend on it); resume with the run's patch "
+                                                f"set and --batch_size, or start a new --model_dir (--init_from "
+                                                f"fine-tunes its weights)")
+            if mixed_precision not in (None, "float32", "mixed_bfloat16", "mixed_float16"):
+                raise InputError("--mixed_precision",
+                                 f"must be mixed_bfloat16 or mixed_float16, got {mixed_precision!r}")
+            keras.mixed_precision.set_global_policy(mixed_precision or "float32")
+            if start is not None:  # before the first collective (building the model broadcasts its weights)
+                start.ready()
+            with distribution.scope():
+                model = build_model(train_config=cfg, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
+                                    **model_options)
+            restored = manager.restore_latest(model)
+            if restored:
+                if init_from is not None:
+                    log(f"--init_from ignored: {model_dir} holds a run, which resumes")
+                init_from = stored.get("init_from")  # keep the record across resumes
+            elif init_from is not None:
+                loaded = load_networks(model, init_from)
+                init_from = os.path.abspath(init_from)
+                log(f"initialised {', '.join(loaded)} from {init_from}")
+            if start is not None:  # the chief's state is the run's (a resume reads it only there)
+                start.ready(last=True)
+                share_chief_state(model, distribution)
+                if not restored and int(model.batch_count.numpy()):
+                    restored = "the chief's checkpoint"
+        except Exception:
+            if start is not None:  # the peers would wait for this worker in the first collective
+                start.fail()
+            raise
         done = int(model.batch_count.numpy())
-        if chief:
+        total = int(steps) if steps else epochs * steps_per_epoch
+        log(f"{'resumed from ' + restored if restored else 'new run'}: {done} of {total} batches done; "
+            f"{len(patches)} patches, {steps_per_epoch} batches per epoch; data seed {seed}")
+        chief = is_chief()
+        if chief:  # only the chief writes (MultiWorkerMirroredStrategy)
+            here = {"trainer": TF_TRAINER, "device": device_name(), "strategy": strategy,
+                    "replicas": distribution.num_replicas_in_sync, "mixed_precision": mixed_precision or "float32",
+                    "seed": seed}
+            write_record(model_dir, {
+                **here, "model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
+                "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch,
+                "seed": seed, "init_from": init_from, "segments": add_segment(stored, done + 1, **here)})
+        step_log = os.path.join(model_dir, "steps.jsonl")
+        if chief:  # a killed run may have logged past its checkpoint
             cb.trim_step_log(step_log, done, write_text)
-        print(f"warning: {problem}; retry {attempt + 1} of {nan_retries} from {good} on the same batches",
-              file=sys.stderr)
-    reached = int(model.batch_count.numpy())
-    log(f"trained {reached - first} batches in {time.time() - start:.1f} s")
-    if (stopper.received is not None or stopper.peer_stopped) and reached < total:
-        raise TrainingInterrupted(stopper.request, reached, latest_checkpoint(model_dir))
-    return model
+        if done >= total:
+            return model
+        guard = cb.NaNGuard()
+        stopper = cb.GracefulStop(distribution if strategy == "multiworker" else None)
+        # StepLog before Checkpoint: a saved step is always logged already
+        stop_at = cb.StopAtStep(total)
+        callbacks = [stop_at, guard]
+        if chief:
+            callbacks += [cb.StepLog(step_log), cb.Checkpoint(manager, checkpoint_every)]
+        if tensorboard and chief:
+            log_dir = os.path.join(model_dir, "logs")
+            check_output_dir(log_dir, create=True)
+            vis, ir = patches.take(next(batch_stream(len(patches), batch_size, seed))[:3])  # batch 1's first 3
+            callbacks.append(cb.SampleImages(log_dir, vis, ir, sample_every))
+        # last: Keras ends the callbacks in order, so the handlers stay until Checkpoint's final save
+        callbacks.append(stopper)
+        start, first = time.time(), done
+        for attempt in range(nan_retries + 1):
+            guard.bad, model.diverged = None, False
+            # the batches go on where the run stands: batch k is the same with or without a stop
+            dataset, _ = make_dataset(patches, batch_size=batch_size, scale=scale, seed=seed, start=done)
+            try:
+                model.fit(dataset, epochs=math.ceil(total / steps_per_epoch), initial_epoch=done // steps_per_epoch,
+                          steps_per_epoch=steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)
+            except (tf.errors.UnavailableError, tf.errors.CancelledError) as e:
+                if strategy != "multiworker":
+                    raise
+                raise _peer_lost(e, done if stop_at.reached is None else stop_at.reached, model_dir, chief) from None
+            finally:  # a fit that raised never called on_train_end
+                stopper.restore()
+            if not guard.bad:
+                break
+            step, keys = guard.bad
+            good = latest_checkpoint(model_dir)
+            problem = f"non-finite {', '.join(keys)} at batch {step}"
+            if attempt == nan_retries or not good:
+                kept = f"last good checkpoint kept: {good}" if good else f"no checkpoint saved yet in {model_dir}"
+                retried = f" (after {attempt} {'retry' if attempt == 1 else 'retries'})" if attempt else ""
+                raise TrainingDiverged(f"{problem}{retried}; training stopped, {kept}")
+            if stopper.received is not None:  # asked to stop: the retry is the resume's, from `good`
+                raise TrainingInterrupted(stopper.request, list_checkpoints(model_dir)[-1][0], good)
+            good = manager.restore_latest(model)
+            done = int(model.batch_count.numpy())
+            if chief:
+                cb.trim_step_log(step_log, done, write_text)
+            print(f"warning: {problem}; retry {attempt + 1} of {nan_retries} from {good} on the same batches",
+                  file=sys.stderr)
+        reached = int(model.batch_count.numpy())
+        log(f"trained {reached - first} batches in {time.time() - start:.1f} s")
+        if (stopper.received is not None or stopper.peer_stopped) and reached < total:
+            raise TrainingInterrupted(stopper.request, reached, latest_checkpoint(model_dir))
+        return model
 
 
 def _peer_lost(error, reached, model_dir, chief):

@@ -843,3 +843,34 @@ def test_write_errors_name_the_file(tmp_path):
     with pytest.raises(InputError, match="unsupported output format '.xyz'"):
         write_image(tmp_path / "out.xyz", image)
     assert sorted(os.listdir(tmp_path)) == ["file"]
+
+
+def test_a_second_trainer_on_a_run_directory_is_refused_and_touches_nothing(small_patch_set, tmp_path):
+    """Two trainers on one --model_dir interleaved their step logs, pruned each other's
+    checkpoints, and the second one's start deleted the first one's half-written checkpoint
+    (a `.tmp-*` file). The second is refused in one line naming the first's process."""
+    from ddcgan_tf.train import train
+
+    run = tmp_path / "run"
+    run.mkdir()
+    in_flight = run / ".tmp-abc123.h5"
+    in_flight.write_bytes(b"the first trainer's checkpoint, being written")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom ddcgan_tf.checkpoint import run_lock\n"
+                               f"with run_lock({str(run)!r}):\n    print('held', flush=True)\n    time.sleep(120)\n"],
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=REPO))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(InputError, match=f"{run}: is in use by another trainer \\(process {holder.pid}\\)"):
+            train(small_patch_set, str(run), steps=1, batch_size=8, tensorboard=False, verbose=0)
+        assert in_flight.exists() and sorted(p.name for p in run.iterdir()) == [".lock", in_flight.name]
+        r = cli("-m", "ddcgan_tf.cli.train", "--data", small_patch_set, "--model_dir", str(run), "--steps", "1",
+                "--batch_size", "8", "--notensorboard", "--verbose", "0", timeout=120)
+        assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+        assert f"is in use by another trainer (process {holder.pid})" in r.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock goes with its process: the run starts now (and removes the dead writer's file)
+    train(small_patch_set, str(run), steps=1, batch_size=8, tensorboard=False, verbose=0)
+    assert not in_flight.exists() and [s for s, _ in ckpt.list_checkpoints(str(run))] == [1]
