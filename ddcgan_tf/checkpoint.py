@@ -19,6 +19,7 @@ import contextlib
 import errno
 import fcntl
 import glob
+import io
 import json
 import os
 import re
@@ -79,18 +80,33 @@ def state_variables(model):
     return [v for _, variables in _state_groups(model) for v in variables]
 
 
+def write_h5(path, fill):
+    """Writes an HDF5 file atomically: `fill(f)` fills an h5py.File built in memory, whose bytes
+    then go to disk by plain writes. A full disk is then an OSError, so one line (WriteError)
+    with the previous file intact; HDF5 writing to the disk itself failed in its close and in
+    the garbage collector (h5py RuntimeErrors, then a segmentation fault)."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        fill(f)
+
+    def write(tmp):
+        with open(tmp, "wb") as out:
+            out.write(buffer.getbuffer())
+
+    atomic_write(path, write, suffix=".h5")
+
+
 def save_state(model, path):
     """Writes the full training state of a compiled DDcGAN to `path` (atomically)."""
 
-    def write(tmp):
-        with h5py.File(tmp, "w") as f:
-            for name, variables in _state_groups(model):
-                _write_vars(f.create_group(name), variables)
-            f.attrs["model_config"] = json.dumps(model.get_config())
-            f.attrs["train_config"] = model.train_config.to_json()
-            f.attrs["steps_per_epoch"] = int(model.steps_per_epoch)
+    def fill(f):
+        for name, variables in _state_groups(model):
+            _write_vars(f.create_group(name), variables)
+        f.attrs["model_config"] = json.dumps(model.get_config())
+        f.attrs["train_config"] = model.train_config.to_json()
+        f.attrs["steps_per_epoch"] = int(model.steps_per_epoch)
 
-    atomic_write(path, write, suffix=".h5")
+    write_h5(path, fill)
 
 
 def read_steps_per_epoch(path):
@@ -195,17 +211,16 @@ def _read_networks(path, nets, what):
 def save_generator(generator, path, extra=None):
     """Writes generator weights + config (what fusing needs) to one HDF5 file, atomically."""
 
-    def write(tmp):
-        with h5py.File(tmp, "w") as f:
-            _write_vars(f.create_group("generator"), generator.weights)
-            f.attrs["model_config"] = json.dumps({"scale": generator.scale,
-                                                  "official_decoder": generator.official_decoder,
-                                                  "bn_mode": generator.bn_mode,
-                                                  "stretch": bool(generator.stretch)})
-            for k, v in (extra or {}).items():
-                f.attrs[k] = json.dumps(v)
+    def fill(f):
+        _write_vars(f.create_group("generator"), generator.weights)
+        f.attrs["model_config"] = json.dumps({"scale": generator.scale,
+                                              "official_decoder": generator.official_decoder,
+                                              "bn_mode": generator.bn_mode,
+                                              "stretch": bool(generator.stretch)})
+        for k, v in (extra or {}).items():
+            f.attrs[k] = json.dumps(v)
 
-    atomic_write(path, write, suffix=".h5")
+    write_h5(path, fill)
 
 
 def resolve(path):

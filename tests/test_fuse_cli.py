@@ -167,3 +167,74 @@ def test_weights_recorded_as_stretched_are_written_stretched_unless_told_not_to(
     for name, stretch in (("default", True), ("plain", False)):  # to 1 grey level: another process
         diff = iio.imread(tmp_path / f"{name}.png").astype(int) - images.to_uint8(fused, stretch=stretch)
         assert np.abs(diff).max() <= 1 and np.mean(diff != 0) < 0.01
+
+
+def _shipped_inputs(tmp_path, mode):
+    """Small inputs for one CLI call: a 64x64 visible / MRI image and its 16x16 infrared / colour
+    PET partner (8-bit PNGs); returns (flags, the two paths)."""
+    vis, ir = synthetic_pair(64, 64)
+    ir = ir[::4, ::4]
+    big, small = str(tmp_path / f"{mode}-big.png"), str(tmp_path / f"{mode}-small.png")
+    iio.imwrite(big, np.round(vis * 255).astype(np.uint8))
+    if mode == "pet-mri":  # a colour PET, so the IHS colour path runs
+        iio.imwrite(small, np.round(np.stack([ir, 1 - ir, 0.5 * ir], -1) * 255).astype(np.uint8))
+        return ["--mode=pet-mri", f"--mri={big}", f"--pet={small}"], big, small
+    iio.imwrite(small, np.round(ir * 255).astype(np.uint8))
+    return [f"--vis={big}", f"--ir={small}"], big, small
+
+
+@pytest.mark.parametrize("mode", ["vis-ir", "pet-mri"])
+def test_without_a_checkpoint_each_mode_fuses_with_its_own_shipped_weights(tmp_path, monkeypatch, mode):
+    """ddcgan-fuse with no --checkpoint writes what --checkpoint checkpoints/<mode> writes (the
+    mode's shipped weights, with the BN mode and stretch they record), not what the other
+    mode's weights write."""
+    from ddcgan_tf import images
+    from ddcgan_tf.ihs import fuse_pet_mri
+
+    monkeypatch.delenv("DDCGAN_CHECKPOINTS", raising=False)  # the repository's checkpoints/
+    flags, big, small = _shipped_inputs(tmp_path, mode)
+    out = tmp_path / "default.png"
+    r = cli("ddcgan_tf.cli.fuse", *flags, f"--output={out}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    written = iio.imread(out).astype(int)
+
+    def expected(weights):  # what --checkpoint checkpoints/<weights> writes, fused here
+        fuser = Fuser(load_generator(os.path.join(REPO, "checkpoints", weights)))
+        if mode == "pet-mri":
+            fused = fuse_pet_mri(fuser, images.read_grey(big), images.read_rgb(small))
+        else:
+            fused = fuser(images.read_grey(big), images.read_grey(small))
+        return images.to_uint8(fused, stretch=fuser.stretch).astype(int)
+
+    other = "pet-mri" if mode == "vis-ir" else "vis-ir"
+    own, wrong = expected(mode), expected(other)
+    assert written.shape == own.shape == ((64, 64, 3) if mode == "pet-mri" else (64, 64))
+    assert np.abs(wrong - own).mean() > 5  # the two weights write other images (the check can fail)
+    diff = written - own  # to 1 grey level: another process
+    assert np.abs(diff).max() <= 1 and np.mean(diff != 0) < 0.01
+
+
+def test_colour_output_with_the_shipped_weights_is_stretched_as_they_record(tmp_path, monkeypatch):
+    """--colour with the shipped vis-ir weights (which record stretch=True) and no --stretch flag:
+    the fused luminance is min-max stretched as the grey output is (it spans 0..255), not
+    written as the generator gives it (here about 40..190)."""
+    from ddcgan_tf import images, ycbcr
+    from ddcgan_tf.shipped import default_checkpoint
+
+    monkeypatch.delenv("DDCGAN_CHECKPOINTS", raising=False)
+    vis, ir = synthetic_pair(64, 64)
+    rgb = np.round(np.stack([vis, vis ** 1.5, np.sqrt(vis)], -1) * 255).astype(np.uint8)
+    vis_path, ir_path, out = (str(tmp_path / n) for n in ("vis.png", "ir.png", "fused.png"))
+    iio.imwrite(vis_path, rgb)
+    iio.imwrite(ir_path, np.round(ir[::4, ::4] * 255).astype(np.uint8))
+    r = cli("ddcgan_tf.cli.fuse", f"--vis={vis_path}", f"--ir={ir_path}", f"--output={out}", "--colour")
+    assert r.returncode == 0, r.stderr[-2000:]
+    written = iio.imread(out)
+    assert written.shape == (64, 64, 3) and not images.is_grey(written)
+    y = ycbcr.luminance(written / 255.0) * 255
+    fuser = Fuser(load_generator(default_checkpoint("vis-ir")))
+    assert fuser.stretch  # what the shipped weights record
+    fused = fuser(ycbcr.luminance(rgb / 255.0), ir[::4, ::4])
+    assert fused.max() - fused.min() < 0.8  # unstretched, it would not span the range
+    assert y.min() < 2 and y.max() > 253
+    np.testing.assert_allclose(y, images.stretch_range(fused) * 255, atol=2)

@@ -874,3 +874,35 @@ def test_a_second_trainer_on_a_run_directory_is_refused_and_touches_nothing(smal
     # the lock goes with its process: the run starts now (and removes the dead writer's file)
     train(small_patch_set, str(run), steps=1, batch_size=8, tensorboard=False, verbose=0)
     assert not in_flight.exists() and [s for s, _ in ckpt.list_checkpoints(str(run))] == [1]
+
+
+def test_a_file_size_limit_mid_checkpoint_is_one_write_error_and_the_old_file_stays(tmp_path):
+    """A real write failure inside the kernel (RLIMIT_FSIZE's EFBIG here; a full disk's ENOSPC
+    takes the same path) used to surface from HDF5 as a RuntimeError at close (on a full disk
+    during a checkpoint, then a segmentation fault in the garbage collector): checkpoints are
+    now built in memory and written with plain writes, so it is one WriteError naming the file,
+    the previous checkpoint intact and no temporary file left."""
+    script = (
+        "import os, resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "from ddcgan_tf.checkpoint import load_generator, save_generator\n"
+        "from ddcgan_tf.generator import Generator\n"
+        "from ddcgan_tf.images import WriteError\n"
+        "g = Generator(); g.build()\n"
+        f"path = os.path.join({str(tmp_path)!r}, 'generator.h5')\n"
+        "save_generator(g, path)\n"
+        "before = open(path, 'rb').read()\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 2, resource.RLIM_INFINITY))\n"
+        "try:\n"
+        "    save_generator(g, path)\n"
+        "except WriteError as e:\n"
+        "    print('WriteError', e)\n"
+        "import gc; gc.collect()\n"
+        "assert open(path, 'rb').read() == before\n"
+        "load_generator(path)\n"
+        "print('files', sorted(os.listdir(os.path.dirname(path))))\n"
+    )
+    r = cli("-c", script, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"WriteError {tmp_path / 'generator.h5'}: cannot write (File too large)" in r.stdout, r.stdout
+    assert "files ['generator.h5']" in r.stdout

@@ -260,36 +260,53 @@ def test_a_signal_during_the_final_save_is_taken_and_the_save_completes(small_pa
 
 
 def test_a_signal_with_a_nan_and_retries_left_stops_at_the_last_good_checkpoint(small_patch_set, tmp_path,
-                                                                               monkeypatch, sigterm_recorder):
+                                                                               monkeypatch, sigterm_recorder,
+                                                                               capsys):
     """SIGTERM during the batch whose loss turns NaN, with --nan_retries left: the run stops as
     interrupted (exit 143 in the CLI: resume it), at the last good checkpoint, not as diverged
-    (exit 3: a wrapper would give up a run that the retry would have saved)."""
+    (exit 3: a wrapper would give up a run that the retry would have saved), and it does not
+    retry first. The signal is sent by the NaN guard as it sees the non-finite loss, so it lands
+    with that batch every time (sent from the input pipeline, it landed before the NaN batch was
+    trained: the input is read ahead, and the retry branch was never reached)."""
     import signal
 
+    import ddcgan_tf.callbacks as cb_module
     import ddcgan_tf.train as train_module
     from ddcgan_tf.train import TrainingInterrupted
 
-    def faulty_dataset(*a, **k):  # batch 3 is non-finite, and a stop arrives with it
+    def faulty_dataset(*a, **k):  # batch 3 of the run is non-finite, on every pass
         ds, patches = make_dataset(*a, **k)
+        first = k.get("start", 0)
 
         def batches():
             for n, (vis, ir) in enumerate(ds):
-                if n == 2:
-                    os.kill(os.getpid(), signal.SIGTERM)
-                yield (vis * np.nan if n == 2 else vis), ir
+                yield (vis * np.nan if first + n == 2 else vis), ir
 
         return tf.data.Dataset.from_generator(batches, output_signature=ds.element_spec), patches
 
+    seen = []
+
+    class SignallingGuard(cb_module.NaNGuard):  # the stop arrives with the non-finite batch
+        def on_train_batch_end(self, batch, logs=None):
+            super().on_train_batch_end(batch, logs)
+            if self.bad is not None and not seen:
+                seen.append(self.bad[0])
+                os.kill(os.getpid(), signal.SIGTERM)
+
     monkeypatch.setattr(train_module, "make_dataset", faulty_dataset)
+    monkeypatch.setattr(cb_module, "NaNGuard", SignallingGuard)
     model_dir = str(tmp_path / "run")
     with pytest.raises(TrainingInterrupted) as stop:
         train(small_patch_set, model_dir, steps=6, batch_size=4, checkpoint_every=2, tensorboard=False,
               verbose=0, nan_retries=2)
+    assert seen == [3]  # the signal came with the NaN batch, so the retry branch decided
     good = os.path.join(model_dir, "ckpt-00000002.h5")
     assert (stop.value.signum, stop.value.step, stop.value.checkpoint) == (signal.SIGTERM, 2, good)
     assert str(stop.value) == (f"stopped by SIGTERM after batch 2; the full state is saved in {good}; "
                                f"the same command resumes from it")
+    assert "retry" not in capsys.readouterr().err  # no retry was started before stopping
     assert sigterm_recorder == [] and [s for s, _ in ckpt.list_checkpoints(model_dir)] == [2]
+    assert steps_logged(model_dir)[:2] == [1, 2]
 
 
 @pytest.mark.parametrize("override", [dict(clip_value=-8.0), dict(learning_rate=0.0), dict(max_repeats=0)])
@@ -378,3 +395,71 @@ def test_init_from_refuses_missing_or_mismatched_weights(small_patch_set, tmp_pa
     with pytest.raises(InputError, match="official_decoder=True, this run has official_decoder=False") as e:
         train(small_patch_set, str(tmp_path / "b"), official_decoder=False, init_from=generator_file, **kw)
     assert generator_file in str(e.value)
+
+
+def test_a_finished_run_run_again_changes_nothing_and_a_resume_logs_each_step_once(small_patch_set, tmp_path,
+                                                                                  capfd):
+    """Three things a user of one small run sees. A new run (no --seed) warns about nothing: the
+    'records no data seed' warning is for a resume only. The finished run's command run again
+    trains no further batch: the same batch count, no new checkpoint, the step log unchanged.
+    A run killed between its step-log write and its checkpoint (the newest checkpoint gone)
+    resumes with each step logged once (the log is trimmed to the checkpoint first); its
+    config.json gone too, that resume does warn that it draws a new data seed."""
+    model_dir = str(tmp_path / "run")
+    log_path = os.path.join(model_dir, "steps.jsonl")
+    # 4 patches a batch: 11 batches an epoch, so the run's end is inside an epoch
+    kw = dict(batch_size=4, checkpoint_every=1, tensorboard=False, verbose=0)
+    capfd.readouterr()
+    first = train(small_patch_set, model_dir, steps=3, **kw)
+    assert int(first.batch_count.numpy()) == 3
+    assert "warning" not in capfd.readouterr().err
+    with open(log_path) as f:
+        log_before = f.read()
+    assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [1, 2, 3]
+    again = train(small_patch_set, model_dir, steps=3, **kw)
+    assert int(again.batch_count.numpy()) == 3
+    assert [s for s, _ in ckpt.list_checkpoints(model_dir)] == [1, 2, 3]
+    with open(log_path) as f:
+        assert f.read() == log_before
+    capfd.readouterr()
+    # the kill: batch 3 logged, its checkpoint (and the run's record) not on disk
+    os.remove(os.path.join(model_dir, "ckpt-00000003.h5"))
+    os.remove(os.path.join(model_dir, "config.json"))
+    resumed = train(small_patch_set, model_dir, steps=4, **kw)
+    assert f"warning: {model_dir} records no data seed" in capfd.readouterr().err
+    assert int(resumed.batch_count.numpy()) == 4
+    assert steps_logged(model_dir) == [1, 2, 3, 4]
+    from ddcgan_tf.callbacks import read_step_log
+    assert [r["step"] for r in read_step_log(log_path)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("flag", ["steps", "epochs", "keep", "checkpoint_every"])
+def test_a_zero_count_is_refused_by_name_before_any_work(small_patch_set, tmp_path, flag):
+    """--steps 0 trained a whole epoch, --epochs 0 returned an untrained model as if trained,
+    --keep 0 / --checkpoint_every 0 ran with 1: each is an InputError naming the flag, raised
+    before the model directory is even made."""
+    model_dir = str(tmp_path / "run")
+    kw = dict(steps=1, batch_size=12, tensorboard=False, verbose=0, seed=1)
+    kw[flag] = 0
+    with pytest.raises(InputError, match=f"^--{flag}: must be a positive integer, got 0$"):
+        train(small_patch_set, model_dir, **kw)
+    assert not os.path.exists(model_dir)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_the_nan_guard_stops_on_any_non_finite_loss(value):
+    """NaNGuard reads the batch's logs (Keras passes them as floats or tensors), the model's
+    batch_count, and sets the model's diverged and stop_training: an infinite loss stops the
+    run as a NaN does (an Inf loss is as diverged; its weights are no good either)."""
+    import types
+
+    from ddcgan_tf.callbacks import NaNGuard
+
+    model = types.SimpleNamespace(batch_count=tf.Variable(7, dtype=tf.int64), diverged=False, stop_training=False)
+    guard = NaNGuard()
+    guard.set_model(model)
+    guard.on_train_batch_end(0, {"g_loss": np.float32(1.5), "dv_loss": tf.constant(0.25)})
+    assert guard.bad is None and not model.stop_training and not model.diverged
+    guard.on_train_batch_end(1, {"g_loss": tf.constant(value, tf.float32), "dv_loss": 0.25})
+    assert guard.bad == (7, ["g_loss"])
+    assert model.stop_training and model.diverged
