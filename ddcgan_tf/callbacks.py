@@ -152,10 +152,11 @@ class StepLog(keras.callbacks.Callback):
 
 
 def read_step_log(path):
-    """The complete JSON rows of a step log; a torn last line (a kill mid-write) is ignored."""
+    """The complete JSON rows of a step log; a torn last line (a kill mid-write) or a damaged
+    one is ignored."""
     rows = []
     try:
-        with open(path) as f:
+        with open(path, errors="replace") as f:  # a damaged byte spoils its line only
             lines = f.read().split("\n")
     except FileNotFoundError:
         return rows
@@ -176,7 +177,7 @@ def trim_step_log(path, last_step, write):
     if not os.path.exists(path):
         return
     rows = [r for r in read_step_log(path) if r["step"] <= last_step]
-    with open(path) as f:
+    with open(path, errors="replace") as f:
         old = f.read()
     text = "".join(json.dumps(r) + "\n" for r in rows)
     if text != old:

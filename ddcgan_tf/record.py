@@ -51,8 +51,9 @@ def segments(record):
     """The record's segments, oldest first. A record written before segments existed holds one
     trainer for the whole run: the JAX trainer's `trainer`/`device` keys, else ddcgan-train's
     (machine unknown)."""
-    if isinstance(record.get("segments"), list):
-        return [dict(s) for s in record["segments"]]
+    if isinstance(record.get("segments"), list):  # entries without a batch number are damage: left out
+        return [dict(s) for s in record["segments"] if isinstance(s, dict)
+                and isinstance(s.get("first_batch"), int) and not isinstance(s.get("first_batch"), bool)]
     if not record:
         return []
     legacy = {"first_batch": 1, "trainer": record.get("trainer", TF_TRAINER)}

@@ -126,3 +126,12 @@ def test_a_segment_recorded_before_seeds_were_kept_per_segment_is_extended_by_a_
     old = {"seed": 7, "segments": [dict(first_batch=1, **CPU)]}
     assert add_segment(old, 101, **CPU, seed=7) == [dict(first_batch=1, **CPU)]
     assert add_segment(old, 101, **CPU, seed=8) == [dict(first_batch=1, **CPU), dict(first_batch=101, **CPU, seed=8)]
+
+
+def test_a_record_whose_segments_are_damaged_keeps_the_good_ones():
+    """A config.json that is valid JSON of the wrong shape (a segment without its batch number)
+    stopped every resume with a KeyError traceback; it is a record only, so the damaged entries
+    are left out and training goes on."""
+    record = {"seed": 1, "segments": [{}, dict(first_batch=1, **CPU), "x", dict(first_batch=True, **GPU)]}
+    assert segments(record) == [dict(first_batch=1, **CPU)]
+    assert add_segment(record, 5, **GPU) == [dict(first_batch=1, **CPU), dict(first_batch=5, **GPU)]

@@ -906,3 +906,16 @@ def test_a_file_size_limit_mid_checkpoint_is_one_write_error_and_the_old_file_st
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"WriteError {tmp_path / 'generator.h5'}: cannot write (File too large)" in r.stdout, r.stdout
     assert "files ['generator.h5']" in r.stdout
+
+
+def test_a_damaged_byte_in_the_step_log_costs_its_line_only(tmp_path):
+    """A non-UTF-8 byte in steps.jsonl (a disk error, an editor) stopped every resume with a
+    UnicodeDecodeError traceback; like a torn line, the damaged line is dropped."""
+    from ddcgan_tf.callbacks import read_step_log, trim_step_log
+    from ddcgan_tf.images import write_text
+
+    log = tmp_path / "steps.jsonl"
+    log.write_bytes(b'{"step": 1}\n{"step": 2, "note": "\xff\xfe"}\n{"step": 3}\n\xff\xfe\n')
+    assert [r["step"] for r in read_step_log(str(log))] == [1, 2, 3]  # row 2's damage is in a string
+    trim_step_log(str(log), 2, write_text)
+    assert [r["step"] for r in read_step_log(str(log))] == [1, 2] and log.read_text().count("\n") == 2
