@@ -67,6 +67,9 @@ class PatchSet:
         return d
 
     def _max_value(self, d):
+        if "max_value" not in d.attrs and d.dtype.kind in "biu":  # 1.0 would read uint8 as 0..255
+            raise InputError(self.path, f"dataset '{d.name}' holds integers ({d.dtype}) but has no max_value "
+                                        "attribute, so its [0, 1] scale is unknown (ddcgan-prepare writes it)")
         value = d.attrs.get("max_value", 1.0)
         try:
             value = float(np.asarray(value).reshape(()))
@@ -128,9 +131,16 @@ class PatchSet:
             keys = ("vis", "ir") if self.layout == "ddcgan_tf" else ("data",)
             try:
                 with h5py.File(self.path, "r") as f:
-                    self._arrays = {k: f[k][()] for k in keys}
+                    arrays = {k: f[k][()] for k in keys}
             except OSError as e:
                 raise InputError(self.path, f"cannot read the patches ({_first_line(e)})") from None
+            for k, a in arrays.items():  # a NaN would end training as a "divergence" at its batch
+                if a.dtype.kind == "f" and not np.isfinite(a).all():
+                    bad = np.argwhere(~np.isfinite(a))[0]
+                    patch = bad[-1] if self.layout == "official" and self.transposed else bad[0]
+                    raise InputError(self.path, f"dataset '{k}' holds NaN or Inf (patch {patch}); rebuild the "
+                                                "set with ddcgan-prepare")
+            self._arrays = arrays
         return self._arrays
 
     def read(self, source, index):

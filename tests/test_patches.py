@@ -306,6 +306,7 @@ def test_one_batch_needs_as_many_patches_as_the_batch(tmp_path):
     path = str(tmp_path / "set.h5")
     with h5py.File(path, "w") as f:
         f["vis"] = np.zeros((24, 84, 84, 1), np.uint8)
+        f["vis"].attrs["max_value"] = 255
         f["ir"] = np.zeros((24, 21, 21, 1), np.float32)
     assert batches_per_epoch(PatchSet(path), 24) == 1
     assert batches_per_epoch(PatchSet(path), 12) == 2

@@ -919,3 +919,30 @@ def test_a_damaged_byte_in_the_step_log_costs_its_line_only(tmp_path):
     assert [r["step"] for r in read_step_log(str(log))] == [1, 2, 3]  # row 2's damage is in a string
     trim_step_log(str(log), 2, write_text)
     assert [r["step"] for r in read_step_log(str(log))] == [1, 2] and log.read_text().count("\n") == 2
+
+
+def test_a_patch_set_with_nan_or_unscaled_integers_is_bad_input_not_a_divergence(small_patch_set, tmp_path):
+    """A NaN in a patch set ended training as a "divergence" at the batch that drew it (exit 3,
+    the data file unnamed; --nan_retries replayed it); an integer dataset without max_value was
+    read as 0..255 "in [0, 1]" (a first L_G of 66,494 instead of 289). Both are one-line
+    InputErrors naming the file."""
+    import shutil
+
+    from ddcgan_tf.data import PatchSet
+
+    nan = str(tmp_path / "nan.h5")
+    shutil.copy(small_patch_set, nan)
+    with h5py.File(nan, "r+") as f:
+        f["ir"][5, 1, 2, 0] = np.nan
+    with pytest.raises(InputError, match=f"^{nan}: dataset 'ir' holds NaN or Inf \\(patch 5\\)"):
+        PatchSet(nan, 4).load()
+    unscaled = str(tmp_path / "unscaled.h5")
+    shutil.copy(small_patch_set, unscaled)
+    with h5py.File(unscaled, "r+") as f:
+        del f["vis"].attrs["max_value"]
+    with pytest.raises(InputError, match=f"^{unscaled}: dataset '/vis' holds integers \\(uint8\\) but has no max_value"):
+        PatchSet(unscaled, 4)
+    r = cli("-m", "ddcgan_tf.cli.train", "--data", nan, "--model_dir", str(tmp_path / "run"), "--steps", "2",
+            "--batch_size", "8", "--notensorboard", "--verbose", "0", timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
+    assert f"{nan}: dataset 'ir' holds NaN or Inf" in r.stderr

@@ -165,15 +165,19 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, mo
     path = str(tmp_path / "nan.h5")
     rng = np.random.default_rng(0)
     vis = rng.random((8, 32, 32, 1)).astype(np.float32)
-    vis[4:] = np.nan  # the second half of an unshuffled pass is poisoned
-    with h5py.File(path, "w") as f:
+    vis[4:] = 0.25  # marks the second half of an unshuffled pass, poisoned on its way in
+    with h5py.File(path, "w") as f:  # (a NaN stored in the set is refused as bad input)
         f["vis"] = vis
         f["ir"] = rng.random((8, 8, 8, 1)).astype(np.float32)
     model_dir = str(tmp_path / "run")
     import ddcgan_tf.train as train_module
 
-    monkeypatch.setattr(train_module, "make_dataset",
-                        lambda *a, **k: make_dataset(*a, **{**k, "shuffle": False}))
+    def poisoned(*a, **k):
+        ds, patches = make_dataset(*a, **{**k, "shuffle": False})
+        marked = lambda v: tf.reduce_all(tf.equal(v, 0.25))
+        return ds.map(lambda v, i: (tf.where(marked(v), v * np.nan, v), i)), patches
+
+    monkeypatch.setattr(train_module, "make_dataset", poisoned)
     # every other batch is poisoned: each retry restores checkpoint 1 and meets the same
     # poisoned batch 2 again (a retry replays the batches); once the retries are spent the run stops
     last = 2
