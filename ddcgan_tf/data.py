@@ -23,6 +23,7 @@ the same batches. TensorFlow is imported only by make_dataset, so that trainer c
 module without it.
 """
 import itertools
+import json
 import os
 
 import h5py
@@ -38,8 +39,23 @@ def _first_line(e):
     return text.splitlines()[0][:100] if text else type(e).__name__
 
 
+def _text_attr(f, name):
+    value = f.attrs.get(name)
+    return value.decode() if isinstance(value, bytes) else (None if value is None else str(value))
+
+
+def _source_names(f):
+    """The stems of the pairs a ddcgan-prepare set was cut from (None for other sets)."""
+    try:
+        return [s["name"] for s in json.loads(_text_attr(f, "sources"))]
+    except (TypeError, ValueError, KeyError):
+        return None
+
+
 class PatchSet:
-    """Random access to the patches of one HDF5 file, validated on open."""
+    """Random access to the patches of one HDF5 file, validated on open. `identity`: what the
+    set is (layout, patch count and size, and for a ddcgan-prepare set its mode and source
+    pairs), recorded by a run so that a resume on another set is refused."""
 
     def __init__(self, path, scale=C.SCALE):
         self.path = os.fspath(path)
@@ -100,6 +116,8 @@ class PatchSet:
                                             f"scale {scale} (the set was built with scale {file_scale})")
             self.vis_max, self.ir_max = self._max_value(v), self._max_value(i)
             self.size, self.patch = len(v), v.shape[1]
+            self.identity = {"layout": self.layout, "patches": self.size, "patch": self.patch,
+                             "mode": _text_attr(f, "mode"), "sources": _source_names(f)}
         elif "data" in f:
             self.layout = "official"
             d = self._dataset(f, "data", "N x P x P x 2")
@@ -111,6 +129,7 @@ class PatchSet:
                 raise InputError(self.path, f"official patches must be square multiples of {scale}, got {shape}")
             self.size, self.patch = shape[0], shape[1]
             self.vis_max = self.ir_max = 1.0
+            self.identity = {"layout": self.layout, "patches": self.size, "patch": self.patch}
         else:
             raise InputError(self.path, f"unknown layout: expected datasets 'vis' and 'ir' "
                                         f"(or the official 'data'), found {sorted(f.keys())}")

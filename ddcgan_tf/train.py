@@ -248,6 +248,12 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
                     raise InputError(model_dir, f"holds a run with other settings "
                                                 f"({mismatch or differ}: the run's, then this call's); "
                                                 f"resume with the run's settings or use a new --model_dir")
+                stored_data = stored.get("data_identity")
+                if isinstance(stored_data, dict) and stored_data != patches.identity:
+                    raise InputError(data, f"is not the patch set {model_dir} was trained on ({stored.get('data')}: "
+                                           f"{_describe_set(stored_data)}; this one: "
+                                           f"{_describe_set(patches.identity)}); resume with the run's set, or "
+                                           "start a new --model_dir (--init_from fine-tunes its weights)")
                 stored_epoch = read_steps_per_epoch(latest)
                 if stored_epoch is not None and stored_epoch != steps_per_epoch:
                     raise InputError(model_dir, f"holds a run with {stored_epoch} batches per epoch, but {data} in "
@@ -293,7 +299,8 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
                     "seed": seed}
             write_record(model_dir, {
                 **here, "model": model.get_config(), "train": cfg.to_dict(), "data": os.path.abspath(data),
-                "batch_size": batch_size, "patches": len(patches), "steps_per_epoch": steps_per_epoch,
+                "batch_size": batch_size, "patches": len(patches), "data_identity": patches.identity,
+                "steps_per_epoch": steps_per_epoch,
                 "seed": seed, "init_from": init_from, "segments": add_segment(stored, done + 1, **here)})
         step_log = os.path.join(model_dir, "steps.jsonl")
         if chief:  # a killed run may have logged past its checkpoint
@@ -350,6 +357,15 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         if (stopper.received is not None or stopper.peer_stopped) and reached < total:
             raise TrainingInterrupted(stopper.request, reached, latest_checkpoint(model_dir))
         return model
+
+
+def _describe_set(identity):
+    """A patch set's identity (PatchSet.identity) in a few words."""
+    sources = identity.get("sources")
+    names = f" from {len(sources)} pairs ({', '.join(sources[:3])}{', ...' if len(sources) > 3 else ''})" \
+        if sources else ""
+    mode = f" {identity['mode']}" if identity.get("mode") else ""
+    return f"{identity.get('patches')}{mode} patches of {identity.get('patch')} pixels{names}"
 
 
 def _peer_lost(error, reached, model_dir, chief):

@@ -467,3 +467,33 @@ def test_the_nan_guard_stops_on_any_non_finite_loss(value):
     guard.on_train_batch_end(1, {"g_loss": tf.constant(value, tf.float32), "dv_loss": 0.25})
     assert guard.bad == (7, ["g_loss"])
     assert model.stop_training and model.diverged
+
+
+def test_a_resume_on_another_patch_set_is_refused_and_the_record_kept(tmp_path):
+    """A run resumed on another set (here other scenes, as many patches: the batches-per-epoch
+    check passes) went on without a word and config.json then named the new set alone, so
+    nothing said batches 1-2 came from another one. Refused now; the same set under another
+    path (moved) resumes."""
+    import shutil
+
+    from conftest import write_pairs
+    from ddcgan_tf.patches import build_patch_set
+
+    sets = {}
+    for key, names in (("a", ("a", "b", "c")), ("x", ("x", "y", "z"))):
+        vis_dir, ir_dir = write_pairs(str(tmp_path / key), names=names)
+        sets[key] = str(tmp_path / f"{key}.h5")
+        build_patch_set(vis_dir, ir_dir, sets[key], patch=32, stride=16, scale=4, log=lambda *_: None)
+    assert len(PatchSet(sets["a"])) == len(PatchSet(sets["x"]))
+    run = str(tmp_path / "run")
+    train(sets["a"], run, steps=1, batch_size=8, tensorboard=False, verbose=0, seed=0)
+    before = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(InputError, match=f"^{sets['x']}: is not the patch set {run} was trained on "
+                                         f"\\({sets['a']}: 45 vis-ir patches of 32 pixels from 3 pairs \\(a, b, c\\); "
+                                         "this one: 45 vis-ir patches of 32 pixels from 3 pairs \\(x, y, z\\)\\)"):
+        train(sets["x"], run, steps=2, batch_size=8, tensorboard=False, verbose=0)
+    assert (tmp_path / "run" / "config.json").read_text() == before
+    moved = str(tmp_path / "moved.h5")
+    shutil.move(sets["a"], moved)
+    model = train(moved, run, steps=2, batch_size=8, tensorboard=False, verbose=0)
+    assert int(model.batch_count.numpy()) == 2
