@@ -427,13 +427,15 @@ def write_image(path, image, stretch=False):
     if ext not in IMAGE_EXTENSIONS:
         raise InputError(path, f"unsupported output format {ext!r} (use one of {', '.join(IMAGE_EXTENSIONS)})")
 
+    try:  # encoded in memory: a full disk is then a plain write's OSError (imageio's writer, left
+        # half-closed by one, printed its own tracebacks when collected)
+        encoded = iio.imwrite("<bytes>", data, extension=ext)
+    except Exception as e:  # a plugin failing on the data: report, do not leave a traceback
+        raise WriteError(path, f"cannot encode image ({type(e).__name__}: {str(e)[:100]})") from None
+
     def write(tmp):
-        try:
-            iio.imwrite(tmp, data, extension=ext)
-        except OSError:
-            raise
-        except Exception as e:  # a plugin failing on the data: report, do not leave a traceback
-            raise WriteError(path, f"cannot encode image ({type(e).__name__}: {str(e)[:100]})") from None
+        with open(tmp, "wb") as f:
+            f.write(encoded)
 
     atomic_write(path, write, suffix=ext)
 

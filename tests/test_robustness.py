@@ -876,7 +876,7 @@ def test_a_second_trainer_on_a_run_directory_is_refused_and_touches_nothing(smal
     assert not in_flight.exists() and [s for s, _ in ckpt.list_checkpoints(str(run))] == [1]
 
 
-def test_a_file_size_limit_mid_checkpoint_is_one_write_error_and_the_old_file_stays(tmp_path):
+def test_a_failed_write_of_a_checkpoint_or_image_is_one_write_error_and_the_old_file_stays(tmp_path):
     """A real write failure inside the kernel (RLIMIT_FSIZE's EFBIG here; a full disk's ENOSPC
     takes the same path) used to surface from HDF5 as a RuntimeError at close (on a full disk
     during a checkpoint, then a segmentation fault in the garbage collector): checkpoints are
@@ -897,6 +897,19 @@ def test_a_file_size_limit_mid_checkpoint_is_one_write_error_and_the_old_file_st
         "    save_generator(g, path)\n"
         "except WriteError as e:\n"
         "    print('WriteError', e)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))\n"
+        "import tempfile, numpy as np\n"
+        "import ddcgan_tf.images as images\n"
+        "real = tempfile.mkstemp\n"
+        "def full_disk(dir=None, prefix=None, suffix=None):  # the temporary file is /dev/full: ENOSPC\n"
+        "    fd, tmp = real(dir=dir, prefix=prefix, suffix=suffix)\n"
+        "    os.close(fd); os.remove(tmp); os.symlink('/dev/full', tmp)\n"
+        "    return os.open(tmp, os.O_WRONLY), tmp\n"
+        "images.tempfile.mkstemp = full_disk\n"
+        "try:\n"
+        f"    images.write_image(os.path.join({str(tmp_path)!r}, 'fused.png'), np.random.default_rng(0).random((64, 64)))\n"
+        "except WriteError as e:\n"
+        "    print('WriteError', e)\n"
         "import gc; gc.collect()\n"
         "assert open(path, 'rb').read() == before\n"
         "load_generator(path)\n"
@@ -905,7 +918,9 @@ def test_a_file_size_limit_mid_checkpoint_is_one_write_error_and_the_old_file_st
     r = cli("-c", script, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f"WriteError {tmp_path / 'generator.h5'}: cannot write (File too large)" in r.stdout, r.stdout
-    assert "files ['generator.h5']" in r.stdout
+    # a fused image on a full disk (imageio's writer, left half-closed, printed tracebacks when collected)
+    assert f"WriteError {tmp_path / 'fused.png'}: cannot write (No space left on device)" in r.stdout, r.stdout
+    assert "files ['generator.h5']" in r.stdout and "Traceback" not in r.stderr and "Exception" not in r.stderr
 
 
 def test_a_damaged_byte_in_the_step_log_costs_its_line_only(tmp_path):
