@@ -956,7 +956,8 @@ def test_a_patch_set_with_nan_or_unscaled_integers_is_bad_input_not_a_divergence
     shutil.copy(small_patch_set, unscaled)
     with h5py.File(unscaled, "r+") as f:
         del f["vis"].attrs["max_value"]
-    with pytest.raises(InputError, match=f"^{unscaled}: dataset '/vis' holds integers \\(uint8\\) but has no max_value"):
+    with pytest.raises(InputError, match=f"^{unscaled}: dataset '/vis' holds integers \\(uint8\\) but has no "
+                                         "max_value"):
         PatchSet(unscaled, 4)
     r = cli("-m", "ddcgan_tf.cli.train", "--data", nan, "--model_dir", str(tmp_path / "run"), "--steps", "2",
             "--batch_size", "8", "--notensorboard", "--verbose", "0", timeout=300)

@@ -22,7 +22,8 @@ flags.DEFINE_enum("bn_mode", None, ["batch", "moving"], "BN statistics baked int
                   "(default: the checkpoint's, normally batch = per-image statistics).")
 flags.DEFINE_boolean("stretch", None, "Min-max stretch each fused image in the export, as ddcgan-fuse "
                      "writes it (default: what the weights record).")
-flags.DEFINE_boolean("overwrite", False, "Replace an existing --output directory that holds an earlier export (anything else is refused).")
+flags.DEFINE_boolean("overwrite", False,
+                     "Replace an existing --output directory that holds an earlier export (anything else is refused).")
 
 
 def main(argv):
