@@ -35,6 +35,7 @@ variable holding JSON: `json.loads(m.ddcgan_config[0].numpy())`) and as the plai
 """
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -184,10 +185,21 @@ def export_saved_model(generator, output_dir, overwrite=False):
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError):
             raise InputError(output_dir, f"cannot write ({e.strerror or e})") from None
+        if isinstance(e, tf.errors.OpError):  # TensorFlow's own file writes: a full disk was reported
+            # as ResourceExhaustedError ("out of memory" to the CLI), a file-size limit as a traceback
+            raise InputError(output_dir, f"cannot write ({_os_reason(e.message)})") from None
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return config
+
+
+def _os_reason(message):
+    """The operating system's words at the end of a TensorFlow file error ("...; No space left
+    on device [Op:SaveV2]" -> "No space left on device"), else its first line."""
+    text = re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", str(message).strip())
+    tail = text.rsplit(";", 1)[-1].strip() if ";" in text else text.splitlines()[0] if text else ""
+    return tail[:160] or "unknown error"
 
 
 def _replaceable(path):

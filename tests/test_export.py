@@ -78,6 +78,7 @@ def test_cli_export_loads_without_ddcgan_tf_and_matches_keras(generator_file, tm
     r = export_cli(f"--checkpoint={generator_file}", f"--output={out_dir}")
     assert r.returncode == 0, r.stderr
     assert "wrote" in r.stdout and "bn_mode=batch" in r.stdout and "serve_colour: vis_rgb" in r.stdout
+    assert r.stderr.strip() == ""  # the SavedModel writer's INFO lines (through absl) are not shown
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".tmp-")]  # nothing left behind
 
     # Two sizes, and a request of two images: "batch" BN must normalise each image by itself.
@@ -260,3 +261,24 @@ def test_colour_signature_keeps_the_visible_chroma(generator_file, tmp_path):
         fused = fuser(ycbcr.luminance(rgb[b]), ir[b, ..., 0])
         expected = ycbcr.keep_chroma(images.stretch_range(fused), rgb[b])
         np.testing.assert_allclose(got[b], expected, atol=2e-4)
+
+
+def test_a_write_failure_during_export_is_one_line_naming_the_output(generator_file, tmp_path):
+    """TensorFlow writes the SavedModel's files itself: a full disk came back as
+    ResourceExhaustedError, which the CLI called "out of memory" (checked by hand on a 3 MB
+    tmpfs: now "cannot write (No space left on device)"), and a file-size limit (here) as an
+    OutOfRangeError traceback. One line naming --output, exit 2, nothing left behind."""
+    import resource
+    import signal
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1_000_000, resource.RLIM_INFINITY))
+
+    out_dir = tmp_path / "exp"
+    r = subprocess.run([sys.executable, "-m", "ddcgan_tf.cli.export", f"--checkpoint={generator_file}",
+                        f"--output={out_dir}"], capture_output=True, text=True, env=env(), timeout=600,
+                       preexec_fn=limit)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr[-2000:]
+    assert r.stderr.strip() == f"ddcgan-export: error: {out_dir}: cannot write (File too large)"
+    assert os.listdir(tmp_path) == []

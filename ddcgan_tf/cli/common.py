@@ -4,6 +4,7 @@ import re
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 
 from ddcgan_tf.errors import InputError
 
@@ -65,11 +66,15 @@ def run_main(main, prog, needs_tensorflow=True):
         except Exception as e:  # noqa: BLE001 - only TensorFlow's out-of-memory is turned into one line
             if type(e).__name__ != "ResourceExhaustedError":
                 raise
+            if "No space left on device" in str(e):  # TensorFlow's file writes report a full disk so too
+                error_exit(prog, f"cannot write (No space left on device): {one_line(str(e))[:200]}")
             error_exit(prog, "out of memory: the image is too large to process in one piece "
                              "(ddcgan-fuse --tile 512 fuses it in tiles)")
 
     def parse(argv):
         rest = parse_flags(prog, argv)
+        if not flags.FLAGS["verbosity"].present:  # libraries' INFO lines (TensorFlow's SavedModel
+            absl_logging.set_verbosity(absl_logging.WARNING)  # writer logs through absl) are not ours
         if needs_tensorflow:  # after the flags: a mistyped command fails without the 5 s import
             import_tensorflow_quietly()
         return rest
