@@ -1,6 +1,7 @@
 """Shared plumbing for the absl CLIs: InputError -> one line on stderr, exit status 2."""
 import os
 import re
+import signal
 import sys
 
 from absl import app, flags
@@ -81,7 +82,13 @@ def run_main(main, prog, needs_tensorflow=True):
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     describe_main_module(main.__module__)
-    app.run(guarded, flags_parser=parse)
+    try:
+        app.run(guarded, flags_parser=parse)
+    except KeyboardInterrupt:  # Ctrl-C outside a command's own handling (the 5 s TensorFlow import,
+        # building a model, writing an export): nothing half-written is published (atomic writes)
+        sys.stdout.flush()
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 def parse_flags(prog, argv):
