@@ -965,14 +965,14 @@ def test_a_patch_set_with_nan_or_unscaled_integers_is_bad_input_not_a_divergence
     assert f"{nan}: dataset 'ir' holds NaN or Inf" in r.stderr
 
 
-def test_ctrl_c_before_training_starts_is_one_line_and_exit_130(small_patch_set, tmp_path):
-    """Ctrl-C during the start-up (here the TensorFlow import, which takes seconds) printed a
-    40-line KeyboardInterrupt traceback; it is one line and the shell's status for SIGINT."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO)
-    p = subprocess.Popen([sys.executable, "-m", "ddcgan_tf.cli.train", "--data", small_patch_set, "--model_dir",
-                          str(tmp_path / "run"), "--steps", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, env=env)
-    time.sleep(2.5)
-    p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=120)
-    assert (p.returncode, err.strip()) == (130, "ddcgan-train: interrupted"), err[-2000:]
+def test_ctrl_c_outside_a_commands_own_handling_is_one_line_and_exit_130():
+    """Ctrl-C during a CLI's start-up (the seconds-long TensorFlow import, building a model) or
+    an export printed a 40-70 line KeyboardInterrupt traceback; it is one line and the shell's
+    status for SIGINT. (A real signal at a chosen moment is not deterministic here: the
+    TensorFlow import sometimes loses one; so a command's main raises the interrupt.)"""
+    script = ("from ddcgan_tf.cli.common import run_main\n"
+              "def main(argv):\n"
+              "    raise KeyboardInterrupt\n"
+              "run_main(main, 'ddcgan-x', needs_tensorflow=False)\n")
+    r = cli("-c", script, timeout=60)
+    assert (r.returncode, r.stderr.strip()) == (130, "ddcgan-x: interrupted"), r.stderr[-2000:]
