@@ -86,8 +86,11 @@ def write_h5(path, fill):
     with the previous file intact; HDF5 writing to the disk itself failed in its close and in
     the garbage collector (h5py RuntimeErrors, then a segmentation fault)."""
     buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as f:
-        fill(f)
+    try:
+        with h5py.File(buffer, "w") as f:
+            fill(f)
+    except OSError as e:  # nothing was written to the disk yet
+        raise WriteError(path, f"cannot write ({os_problem(e)})") from None
 
     def write(tmp):
         with open(tmp, "wb") as out:

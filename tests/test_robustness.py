@@ -766,7 +766,7 @@ def test_full_disk_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_pat
         m.setattr(images_module.os, "replace", no_space)
         with pytest.raises(WriteError, match="ckpt-00000001.h5: cannot write \\(No space left on device\\)"):
             manager.save(model)
-    with monkeypatch.context() as m:  # HDF5 fails half way through the file
+    with monkeypatch.context() as m:  # HDF5 fails half way through the file (built in memory)
         m.setattr(ckpt, "_write_vars", lambda group, variables: no_space() if group.name == "/dv" else None)
         with pytest.raises(WriteError, match="No space left on device"):
             manager.save(model)
