@@ -30,7 +30,7 @@ import numpy as np
 from ddcgan_tf import config as C
 from ddcgan_tf import official
 from ddcgan_tf.errors import InputError, describe
-from ddcgan_tf.images import WriteError, atomic_write, check_output_dir, os_problem
+from ddcgan_tf.images import WriteError, check_output_dir, os_problem, write_bytes
 
 # What h5py raises for damaged files besides OSError (never InputError: callers re-raise that)
 _H5_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError)
@@ -92,11 +92,7 @@ def write_h5(path, fill):
     except OSError as e:  # nothing was written to the disk yet
         raise WriteError(path, f"cannot write ({os_problem(e)})") from None
 
-    def write(tmp):
-        with open(tmp, "wb") as out:
-            out.write(buffer.getbuffer())
-
-    atomic_write(path, write, suffix=".h5")
+    write_bytes(path, buffer.getbuffer(), suffix=".h5")
 
 
 def save_state(model, path):

@@ -411,13 +411,20 @@ def _remove_quietly(path):
         pass
 
 
+def write_bytes(path, data, suffix=None):
+    """Writes `data` (bytes, or a buffer) to `path` atomically with plain writes. Files encoded
+    in memory first (images, HDF5 checkpoints) reach the disk only through here, so a full disk
+    is one OSError -> WriteError, never a library's half-closed writer failing later."""
+    def write(tmp):
+        with open(tmp, "wb") as f:
+            f.write(data)
+
+    atomic_write(path, write, suffix=os.path.splitext(os.fspath(path))[1] if suffix is None else suffix)
+
+
 def write_text(path, text):
     """Writes a text file atomically (temporary name, then rename)."""
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-
-    atomic_write(path, write, suffix=os.path.splitext(os.fspath(path))[1])
+    write_bytes(path, text.encode("utf-8"))
 
 
 def write_image(path, image, stretch=False):
@@ -433,11 +440,7 @@ def write_image(path, image, stretch=False):
     except Exception as e:  # a plugin failing on the data: report, do not leave a traceback
         raise WriteError(path, f"cannot encode image ({type(e).__name__}: {str(e)[:100]})") from None
 
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(encoded)
-
-    atomic_write(path, write, suffix=ext)
+    write_bytes(path, encoded, suffix=ext)
 
 
 def list_images(directory):

@@ -186,6 +186,7 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
     run resumes); recorded in config.json.
     """
     model_dir = os.fspath(model_dir)
+    chief = is_chief()  # only the chief writes model_dir (MultiWorkerMirroredStrategy)
     with contextlib.ExitStack() as held:  # the run directory's lock (run_lock), released however this ends
         if strategy == "multiworker" and seed is None:  # each worker cuts the global batches itself
             raise InputError("--seed", "is needed with --strategy multiworker: every worker must draw the "
@@ -207,14 +208,14 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
                 raise InputError("--scale", f"must be one of {', '.join(map(str, SCALES))}, got {scale!r}")
             check_output_dir(model_dir, create=True)
             probe_writable(model_dir)
-            if is_chief():  # one trainer per run directory (only the chief writes there)
+            if chief:  # one trainer per run directory (only the chief writes there)
                 held.enter_context(run_lock(model_dir))
             seed = None if seed is None else check_seed(seed)
             patches = PatchSet(data, scale)
             steps_per_epoch = batches_per_epoch(patches, batch_size)
             log = print if verbose else (lambda *_: None)
             manager = CheckpointManager(model_dir, keep=keep, log=lambda msg: print(msg, file=sys.stderr),
-                                        clean=is_chief())
+                                        clean=chief)
             try:
                 cfg = C.get_preset(preset, scale, **(overrides or {}))
             except (TypeError, ValueError, KeyError) as e:
@@ -292,7 +293,6 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
         total = int(steps) if steps else epochs * steps_per_epoch
         log(f"{'resumed from ' + restored if restored else 'new run'}: {done} of {total} batches done; "
             f"{len(patches)} patches, {steps_per_epoch} batches per epoch; data seed {seed}")
-        chief = is_chief()
         if chief:  # only the chief writes (MultiWorkerMirroredStrategy)
             here = {"trainer": TF_TRAINER, "device": device_name(), "strategy": strategy,
                     "replicas": distribution.num_replicas_in_sync, "mixed_precision": mixed_precision or "float32",
