@@ -20,7 +20,8 @@ during them), and phase 2 takes it from the forward pass that evaluated the loss
 step 1, so a batch of all four costs three G forward passes and one backward pass when nothing
 repeats (alternating: a D batch one forward pass, a G batch two and a backward pass). The step
 returns g_loss, g_adv, ir_loss, grad_loss, dv_loss, di_loss, the mean D scores (dv_real,
-dv_fake, di_real, di_fake), dv_steps, di_steps, g_steps and lr. The repeats
+dv_fake, di_real, di_fake), dv_steps, di_steps, g_steps and lr (the rate after the batch,
+which the next optimizer step takes, as Keras's schedules report it). The repeats
 are `tf.while_loop`s, so with `fit` there is no Python-side sync per step. Every optimizer
 step reads the learning rate
 lr0 * rate ** (count / steps_per_epoch), where `count` is the number of optimizer steps so
