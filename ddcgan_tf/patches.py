@@ -262,52 +262,150 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
         log(f"FAILED {stem}: {error}")
 
     def write(tmp):
-        with h5py.File(tmp, "w") as f:
-            dv = f.create_dataset("vis", (0, patch, patch, 1), maxshape=(None, patch, patch, 1),
-                                  dtype=vis_dtype, chunks=(64, patch, patch, 1))
-            di = f.create_dataset("ir", (0, q, q, 1), maxshape=(None, q, q, 1), dtype=np.float32,
-                                  chunks=(64, q, q, 1))
-            for stem, vpath, ipath in pairs:
-                where = f"{vpath} / {ipath}"
-                try:
-                    vis, ir = images.read_grey(vpath), read_ir(ipath)
-                    vp, ip = _cut(vis, ir, patch, stride, scale, where, stem, on_mismatch, skipped, log, clip_ir)
-                except InputError as e:
-                    fail(stem, e)
-                    continue
-                if vp is None:
-                    continue
-                n0, n = dv.shape[0], len(vp)
-                dv.resize(n0 + n, axis=0)
-                di.resize(n0 + n, axis=0)
-                dv[n0:] = np.rint(vp[..., None] * vis_max).astype(vis_dtype) if vis_max != 1.0 else vp[..., None]
-                di[n0:] = ip[..., None]
-                sources.append({"name": stem, "vis": os.path.abspath(vpath), "ir": os.path.abspath(ipath),
-                                "patches": n})
-                log(f"{stem}: {n} patches")
-            if dv.shape[0] == 0:
-                if failed:
-                    first = failed[0]["reason"]
-                else:
-                    first = f"{skipped[0]['name']}: {skipped[0]['reason']}" if skipped else "no pairs"
-                raise InputError(vis_dir, f"no patches were cut ({len(failed)} pair(s) failed, "
-                                          f"{len(skipped)} skipped; first: {first})")
-            dv.attrs["max_value"] = vis_max
-            di.attrs["max_value"] = 1.0
-            f.attrs.update(format=FORMAT, patch=patch, stride=stride, scale=scale, mode=mode,
-                           sources=json.dumps(sources), skipped=json.dumps(skipped),
-                           excluded=json.dumps(sorted(set(exclude))),
-                           failed=json.dumps(failed),
-                           value_range="[0, 1] after dividing by each dataset's max_value"
-                                       + ("" if clip_ir else " (ir: the spline's overshoot kept)"),
-                           ir_downsampling="scipy.ndimage.zoom(patch, 1/scale), order 3, "
-                                           + ("clipped to [0, 1]" if clip_ir else "not clipped (official)"))
-            count[0] = dv.shape[0]
+        sink = _DiskSink(tmp)
+        try:
+            with h5py.File(sink, "w") as f:
+                fill(f, sink)
+        finally:
+            sink.close()
+        if sink.error is not None:
+            raise sink.error
+
+    def fill(f, sink):
+        dv = f.create_dataset("vis", (0, patch, patch, 1), maxshape=(None, patch, patch, 1),
+                              dtype=vis_dtype, chunks=(64, patch, patch, 1))
+        di = f.create_dataset("ir", (0, q, q, 1), maxshape=(None, q, q, 1), dtype=np.float32,
+                              chunks=(64, q, q, 1))
+        for stem, vpath, ipath in pairs:
+            where = f"{vpath} / {ipath}"
+            try:
+                vis, ir = images.read_grey(vpath), read_ir(ipath)
+                vp, ip = _cut(vis, ir, patch, stride, scale, where, stem, on_mismatch, skipped, log, clip_ir)
+            except InputError as e:
+                fail(stem, e)
+                continue
+            if vp is None:
+                continue
+            n0, n = dv.shape[0], len(vp)
+            dv.resize(n0 + n, axis=0)
+            di.resize(n0 + n, axis=0)
+            dv[n0:] = np.rint(vp[..., None] * vis_max).astype(vis_dtype) if vis_max != 1.0 else vp[..., None]
+            di[n0:] = ip[..., None]
+            sources.append({"name": stem, "vis": os.path.abspath(vpath), "ir": os.path.abspath(ipath),
+                            "patches": n})
+            log(f"{stem}: {n} patches")
+            if sink.error is not None:  # a full disk: stop here (write raises it)
+                return
+        if dv.shape[0] == 0:
+            if failed:
+                first = failed[0]["reason"]
+            else:
+                first = f"{skipped[0]['name']}: {skipped[0]['reason']}" if skipped else "no pairs"
+            raise InputError(vis_dir, f"no patches were cut ({len(failed)} pair(s) failed, "
+                                      f"{len(skipped)} skipped; first: {first})")
+        dv.attrs["max_value"] = vis_max
+        di.attrs["max_value"] = 1.0
+        f.attrs.update(format=FORMAT, patch=patch, stride=stride, scale=scale, mode=mode,
+                       sources=json.dumps(sources), skipped=json.dumps(skipped),
+                       excluded=json.dumps(sorted(set(exclude))),
+                       failed=json.dumps(failed),
+                       value_range="[0, 1] after dividing by each dataset's max_value"
+                                   + ("" if clip_ir else " (ir: the spline's overshoot kept)"),
+                       ir_downsampling="scipy.ndimage.zoom(patch, 1/scale), order 3, "
+                                       + ("clipped to [0, 1]" if clip_ir else "not clipped (official)"))
+        count[0] = dv.shape[0]
 
     count = [0]
     images.atomic_write(output, write, suffix=".h5")
     return {"output": os.fspath(output), "patches": count[0], "pairs": len(sources), "skipped": skipped,
             "failed": failed}
+
+
+class _DiskSink:
+    """The file h5py streams a patch set into (`h5py.File(sink, "w")`): a write that fails
+    (a full disk, a file-size limit) is remembered in `error` and kept in memory instead, so
+    HDF5 itself never sees an I/O error. Handed one, HDF5 failed in its own close and then
+    crashed the interpreter (a segmentation fault in the garbage collector, whatever the
+    caller caught). The caller stops at the next pair, closes the file cleanly and raises
+    `error`; the temporary file is then removed. Memory holds only what was written after the
+    failure, in pages, so reads of it (HDF5 reads its metadata back) see what was written."""
+
+    PAGE = 1 << 16
+
+    def __init__(self, path):
+        self._fd = os.open(path, os.O_RDWR)
+        self._pos = 0
+        self._size = os.fstat(self._fd).st_size
+        self._pages = {}
+        self.error = None
+
+    def close(self):
+        os.close(self._fd)
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        self._pos = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence] + offset
+        return self._pos
+
+    def tell(self):
+        return self._pos
+
+    def flush(self):
+        pass
+
+    def truncate(self, size=None):
+        size = self._pos if size is None else size
+        if self.error is None:
+            try:
+                os.ftruncate(self._fd, size)
+            except OSError as e:
+                self.error = e
+        self._size = size
+        return size
+
+    def write(self, data):
+        data = memoryview(data).cast("B")
+        done = 0
+        while self.error is None and done < len(data):
+            try:
+                done += os.pwrite(self._fd, data[done:], self._pos + done)
+            except OSError as e:
+                self.error = e
+        if done < len(data):
+            self._remember(self._pos + done, data[done:])
+        self._pos += len(data)
+        self._size = max(self._size, self._pos)
+        return len(data)
+
+    def readinto(self, buffer):
+        out = memoryview(buffer).cast("B")
+        n = max(0, min(len(out), self._size - self._pos))
+        position, filled = self._pos, 0
+        while filled < n:
+            page, offset = divmod(position, self.PAGE)
+            take = min(self.PAGE - offset, n - filled)
+            kept = self._pages.get(page)
+            chunk = kept[offset:offset + take] if kept is not None else self._disk(position, take)
+            out[filled:filled + take] = chunk
+            position, filled = position + take, filled + take
+        self._pos += n
+        return n
+
+    def read(self, size=-1):
+        buffer = bytearray(max(0, self._size - self._pos) if size is None or size < 0 else size)
+        return bytes(buffer[:self.readinto(buffer)])
+
+    def _disk(self, position, size):
+        data = os.pread(self._fd, size, position)
+        return data + bytes(size - len(data))  # never written: HDF5 expects zeros
+
+    def _remember(self, position, data):
+        while len(data):
+            page, offset = divmod(position, self.PAGE)
+            if page not in self._pages:
+                self._pages[page] = bytearray(self._disk(page * self.PAGE, self.PAGE))
+            take = min(self.PAGE - offset, len(data))
+            self._pages[page][offset:offset + take] = data[:take]
+            position, data = position + take, data[take:]
 
 
 def source_names(path):

@@ -924,6 +924,73 @@ def test_a_failed_write_of_a_checkpoint_or_image_is_one_write_error_and_the_old_
     assert "files ['generator.h5']" in r.stdout and "Traceback" not in r.stderr and "Exception" not in r.stderr
 
 
+def test_prepare_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path):
+    """HDF5 writing a patch set straight to a disk that fills up (RLIMIT_FSIZE's EFBIG here, a
+    full disk's ENOSPC takes the same path) failed in its own close and then crashed the
+    interpreter (exit 139, a segmentation fault in the garbage collector). It is now the CLI's
+    one-line write error, no file at --output and no temporary file."""
+    vis_dir, ir_dir = write_pairs(str(tmp_path / "src"), names=("a", "b", "c"), size=(160, 200))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    script = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, resource.RLIM_INFINITY))\n"
+        "from ddcgan_tf.cli import prepare\n"
+        f"sys.argv = ['ddcgan-prepare', '--vis_dir', {vis_dir!r}, '--ir_dir', {ir_dir!r},\n"
+        f"            '--output', {str(out_dir / 'set.h5')!r}, '--patch', '32']\n"
+        "prepare.run()\n"
+    )
+    r = cli("-c", script, timeout=120)
+    assert_one_line_error(r, "ddcgan-prepare", out_dir / "set.h5", "cannot write (File too large)")
+    assert os.listdir(out_dir) == []
+    # without the limit the same command writes the set
+    r = cli("-c", script.replace("150_000", "resource.RLIM_INFINITY"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    with h5py.File(out_dir / "set.h5", "r") as f:
+        assert f["vis"].shape[0] > 100 and json.loads(f.attrs["sources"])[2]["name"] == "c"
+
+
+def test_the_patch_sink_reads_back_what_it_kept_in_memory_after_a_failed_write(tmp_path, monkeypatch):
+    """After a failed write the sink keeps writes in memory: HDF5 reads its metadata back, and
+    must see what it wrote, across the disk / memory boundary and page boundaries."""
+    from ddcgan_tf import patches
+
+    path = tmp_path / "sink.bin"
+    path.write_bytes(b"")
+    sink = patches._DiskSink(str(path))
+    rng = np.random.default_rng(0)
+    expected = bytearray()
+    real, budget = os.pwrite, [100_000]
+
+    def pwrite(fd, data, offset):  # the disk fills after 100 kB, part way through a write
+        if budget[0] <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        n = min(len(data), budget[0])
+        budget[0] -= n
+        return real(fd, bytes(data[:n]), offset)
+
+    monkeypatch.setattr(patches.os, "pwrite", pwrite)
+    for size in (70_000, 70_000, 150_000):
+        chunk = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        assert sink.write(chunk) == size
+        expected += chunk
+    assert isinstance(sink.error, OSError) and sink.error.errno == errno.ENOSPC
+    assert path.stat().st_size == 100_000  # what reached the disk
+    sink.seek(40_000)  # overwrite across the boundary: memory wins over the disk's bytes
+    patch = bytes(range(256)) * 400
+    sink.write(patch)
+    expected[40_000:40_000 + len(patch)] = patch
+    sink.seek(0)
+    assert sink.read() == bytes(expected)
+    sink.seek(0, os.SEEK_END)
+    sink.write(b"x")
+    sink.seek(-5, os.SEEK_END)
+    buffer = bytearray(10)
+    assert sink.readinto(buffer) == 5 and bytes(buffer[:5]) == bytes(expected[-4:]) + b"x"
+    sink.close()
+
+
 def test_a_damaged_byte_in_the_step_log_costs_its_line_only(tmp_path):
     """A non-UTF-8 byte in steps.jsonl (a disk error, an editor) stopped every resume with a
     UnicodeDecodeError traceback; like a torn line, the damaged line is dropped."""
