@@ -42,7 +42,7 @@ import tempfile
 import tensorflow as tf
 
 from ddcgan_tf.errors import InputError
-from ddcgan_tf.images import LUMA_WEIGHTS, check_output_dir
+from ddcgan_tf.images import LUMA_WEIGHTS, check_output_dir, remove_stale_temps, temp_prefix
 
 CONFIG_NAME = "ddcgan_config"
 CONFIG_FILE = os.path.join("assets.extra", CONFIG_NAME + ".json")
@@ -134,7 +134,8 @@ def export_saved_model(generator, output_dir, overwrite=False):
     place once complete. An existing `output_dir` raises InputError unless `overwrite=True` and
     it is an earlier export or an empty directory (nothing else is ever deleted); it is then
     moved aside, replaced and deleted (a crash in between leaves it as a `.tmp-old-*`
-    sibling, never a half-written export at `output_dir`). Returns the generator config dict.
+    sibling, never a half-written export at `output_dir`; a killed export's `.tmp-export-*`
+    directory is removed by the next export beside it). Returns the generator config dict.
     """
     import keras
 
@@ -162,7 +163,8 @@ def export_saved_model(generator, output_dir, overwrite=False):
     archive.add_variable_collection(
         CONFIG_NAME, [tf.Variable(json.dumps(config), trainable=False, name=CONFIG_NAME)])
 
-    tmp = tempfile.mkdtemp(dir=parent, prefix=".tmp-export-")
+    remove_stale_temps(parent)  # a killed export's directory
+    tmp = tempfile.mkdtemp(dir=parent, prefix=temp_prefix("export-"))
     old = moved = None
     try:
         archive.write_out(tmp, verbose=False)  # serve + serving_default (= the first endpoint)

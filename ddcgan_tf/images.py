@@ -10,13 +10,18 @@ keep their depth, as 16-bit grey PNGs and 16-bit TIFFs do through imageio.
 Every problem with a file raises :class:`InputError` (one line: file, problem); a file that
 cannot be *written* (read-only or full disk, a path under a regular file) raises its subclass
 :class:`WriteError`. Writes are atomic: a temporary file in the target directory, flushed to
-disk, then renamed over the target, so a reader never sees a partial file.
+disk, then renamed over the target, so a reader never sees a partial file. A temporary name
+says which machine and process write it (`temp_prefix`); one left by a killed writer is
+removed by the next write into its directory (`remove_stale_temps`).
 """
 import contextlib
 import errno
 import gc
 import logging
 import os
+import re
+import shutil
+import socket
 import struct
 import tempfile
 import warnings
@@ -338,8 +343,9 @@ def atomic_write(path, write_fn, suffix=""):
     check_output_dir(directory)
     if os.path.isdir(path):
         raise WriteError(path, "is a directory, expected a file name")
+    remove_stale_temps(directory)
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=suffix or os.path.splitext(path)[1])
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=temp_prefix(), suffix=suffix or os.path.splitext(path)[1])
         os.close(fd)
     except OSError as e:
         raise WriteError(path, f"cannot write ({os_problem(e)})") from None
@@ -357,6 +363,54 @@ def atomic_write(path, write_fn, suffix=""):
         _remove_quietly(tmp)
         raise
     _fsync(directory, quiet=True)
+
+
+_STALE_TEMP = re.compile(r"\.tmp-(?:export-)?([0-9a-f]{8})-(\d+)-")
+_swept = set()
+
+
+def _host():
+    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+
+
+def temp_prefix(kind=""):
+    """The start of a temporary name: `.tmp-KIND` + this machine + this process, so that a
+    later writer can tell one left by a killed process (`remove_stale_temps`)."""
+    return f".tmp-{kind}{_host()}-{os.getpid()}-"
+
+
+def remove_stale_temps(directory):
+    """Removes the temporary files and export directories (`temp_prefix`) that writers on this
+    machine left in `directory` when they were killed: their process is gone. Another machine's
+    (a shared disk), a live process's, and everything else (an export's `.tmp-old-*`, which may
+    hold the only copy of the previous export) are left alone. Once per directory a process."""
+    directory = os.path.abspath(os.fspath(directory))
+    if directory in _swept:
+        return
+    _swept.add(directory)
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        match = _STALE_TEMP.match(name)
+        if not match or match.group(1) != _host() or _alive(int(match.group(2))):
+            continue
+        path = os.path.join(directory, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            _remove_quietly(path)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process (EPERM), or anything unclear: keep its file
+        return True
+    return True
 
 
 def check_output_dir(directory, create=False):

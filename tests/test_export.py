@@ -189,6 +189,26 @@ def test_a_failed_overwrite_puts_the_previous_export_back(generator_file, tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]
 
 
+def test_a_killed_exports_directory_is_removed_by_the_next_export(generator_file, tmp_path):
+    """An export killed mid-write left its `.tmp-export-*` directory (about 9 MB) for good; the
+    next export beside it removes it, but never a `.tmp-old-*` (the previous export's only copy
+    after a kill between the two renames)."""
+    import subprocess
+    import sys
+
+    from ddcgan_tf import images
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                           capture_output=True, text=True, check=True)
+    dead = tmp_path / f".tmp-export-{images._host()}-{int(child.stdout)}-abc"
+    (dead / "variables").mkdir(parents=True)
+    (dead / "saved_model.pb").write_bytes(b"half")
+    old = tmp_path / ".tmp-old-xyz" / "previous"
+    old.mkdir(parents=True)
+    export_saved_model(load_generator(generator_file), str(tmp_path / "saved"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-old-xyz", "saved"]
+
+
 def test_output_holding_the_checkpoint_is_refused_even_with_overwrite(generator_file, tmp_path):
     """Exporting a run into its own directory (or a parent) with --overwrite would delete the
     checkpoint it reads: refused in one line, nothing touched."""

@@ -574,6 +574,38 @@ def test_atomic_write_killed_mid_write_leaves_the_previous_file(tmp_path):
     assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [1]
 
 
+def test_a_killed_writers_temporary_file_goes_with_the_next_write_beside_it(tmp_path):
+    """A writer killed mid-write (a patch set can be GBs) left its temporary file for good in
+    any folder but a run's. The name now says which machine and process wrote it, and the next
+    write into the folder removes the ones whose process is gone, and nothing else."""
+    from ddcgan_tf import images
+
+    script = (
+        "import os, signal\n"
+        "from ddcgan_tf.images import atomic_write\n"
+        "def write(tmp):\n"
+        "    with open(tmp, 'wb') as f:\n"
+        "        f.write(b'half of a patch set')\n"
+        "        f.flush()\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"atomic_write({str(tmp_path / 'set.h5')!r}, write)\n"
+    )
+    r = cli("-c", script, timeout=60)
+    assert r.returncode == -signal.SIGKILL
+    (killed,) = [p.name for p in tmp_path.iterdir()]
+    assert killed.startswith(f".tmp-{images._host()}-")  # this machine, the dead process's id
+    other_host = f".tmp-{(int(images._host(), 16) ^ 1):08x}-{os.getpid() + 1}-x.h5"  # a shared disk
+    live = f"{images.temp_prefix()}y.h5"  # this process: alive
+    dead_export = tmp_path / f".tmp-export-{images._host()}-{killed.split('-')[2]}-z"
+    dead_export.mkdir()
+    (dead_export / "saved_model.pb").write_bytes(b"half")
+    keep = [other_host, live, ".tmp-old-abc", ".tmp-abc123.h5", "notes.txt"]
+    for name in keep:
+        (tmp_path / name).write_bytes(b"keep")
+    images.write_text(str(tmp_path / "table.txt"), "EN 7.1\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + ["table.txt"])
+
+
 def test_sigkill_mid_training_then_resume_keeps_every_checkpoint_loadable(small_patch_set, tmp_path):
     """Bullet: checkpoints are atomic, so a kill at any moment leaves every checkpoint on disk
     loadable, and a resumed run continues the step count (steps.jsonl and batch_count).
