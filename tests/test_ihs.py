@@ -10,7 +10,7 @@ from ddcgan_tf.errors import InputError
 from ddcgan_tf.fuse import Fuser
 from ddcgan_tf.generator import Generator
 from ddcgan_tf.ihs import (SQRT3, chroma, fuse_pet_mri, hue_saturation, ihs_to_rgb, intensity,
-                           read_pet_intensity, rgb_to_ihs)
+                           read_pet_intensity, rgb_to_ihs, upsample)
 from ddcgan_tf.patches import build_patch_set
 
 from conftest import shared_path
@@ -62,6 +62,25 @@ def test_pure_hue_pet_keeps_its_hue_after_fusion_with_a_flat_mri():
         h_out, s_out = hue_saturation(*rgb_to_ihs(out.astype(np.float64))[1:])
         assert np.all(s_out > 1e-3)
         np.testing.assert_allclose(h_out, h_in, atol=1e-3)
+
+
+def test_where_the_upsampled_saturation_undershoots_the_output_stays_grey():
+    """The bicubic saturation rings below zero next to a coloured lesion on grey tissue; a
+    negative saturation would paint those pixels (up to 15/255 here) with the flipped hue, a
+    halo of colour the PET does not have. They stay grey."""
+    def flat(mri, pet_i, **names):
+        return np.full(mri.shape, 0.5, np.float32)
+
+    flat.scale = 4
+    pet = np.full((16, 16, 3), 0.4, np.float32)
+    pet[6:10, 6:10] = [0.9, 0.1, 0.1]
+    out = fuse_pet_mri(flat, np.full((64, 64), 0.5, np.float32), pet)
+    s_up = upsample(hue_saturation(*rgb_to_ihs(pet.astype(np.float64))[1:])[1], (64, 64))
+    undershoot = s_up < -1e-3
+    assert undershoot.sum() > 500  # the ring is there
+    tint = np.abs(out - out.mean(axis=-1, keepdims=True)).max(axis=-1)
+    assert tint[undershoot].max() < 1e-6
+    assert tint[26:38, 26:38].min() > 0.3  # the lesion keeps its colour
 
 
 def test_hue_is_not_interpolated_across_its_wrap():
