@@ -3,7 +3,8 @@
 Reads two layouts: ours (`vis`, `ir`, see `ddcgan_tf.patches`) and the official
 `Training_Dataset.h5` (`data`: N x 84 x 84 x 2, channel 0 visible, channel 1 infrared at full
 resolution, values in [0, 1]); for the latter the infrared patches are downsampled on the fly
-exactly as the official `train.py` does (scipy zoom 1/4 per patch).
+exactly as the official `train.py` does (scipy zoom 1/4 per patch, not clipped: the spline's
+overshoot is kept, as `ddcgan-prepare --noclip_ir` keeps it in our layout).
 
 The set is read into memory once, by the thread that builds the dataset (the official
 `train.py` loads the whole file too; TNO's 29,833 `held_out_8` training patches, Movie_14 out
@@ -165,7 +166,7 @@ class PatchSet:
     def read(self, source, index):
         """Patches `index` (a slice, or an array of indices when `source` is load()'s arrays) of
         `source` (an open h5py.File, or load()'s arrays) as float32 (vis (n, P, P, 1),
-        ir (n, P/s, P/s, 1)) in [0, 1]."""
+        ir (n, P/s, P/s, 1)) in [0, 1] (the official layout's infrared: the unclipped spline)."""
         if self.layout == "ddcgan_tf":
             vis = source["vis"][index].astype(np.float32) / self.vis_max
             ir = source["ir"][index].astype(np.float32) / self.ir_max
@@ -174,7 +175,7 @@ class PatchSet:
         block = d[..., index].T if self.transposed else d[index]
         block = np.asarray(block, np.float32)
         vis = block[..., 0:1]
-        ir = np.stack([downsample_ir(p, self.scale) for p in block[..., 1]])[..., None]
+        ir = np.stack([downsample_ir(p, self.scale, clip=False) for p in block[..., 1]])[..., None]
         return vis, ir
 
     def take(self, index):
