@@ -548,24 +548,29 @@ def test_hdf5_with_wrong_layout_or_patch_sizes_is_rejected(tmp_path):
 
 # --------------------------------------------------------------------------------------- training
 
+def kill_mid_atomic_write(target):
+    """A process that SIGKILLs itself half way through `atomic_write(target, ...)`."""
+    script = (
+        "import os, signal\n"
+        "from ddcgan_tf.images import atomic_write\n"
+        "def write(tmp):\n"
+        "    with open(tmp, 'wb') as f:\n"
+        "        f.write(b'half of a file')\n"
+        "        f.flush()\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"atomic_write({str(target)!r}, write)\n"
+    )
+    r = cli("-c", script, timeout=60)
+    assert r.returncode == -signal.SIGKILL
+
+
 def test_atomic_write_killed_mid_write_leaves_the_previous_file(tmp_path):
     """Checkpoints are written atomically: SIGKILL while a new version is half written leaves
     the old file intact; the stale temporary file is removed by the next CheckpointManager."""
     target = tmp_path / "ckpt-00000001.h5"
     with h5py.File(target, "w") as f:
         f["x"] = np.arange(10)
-    script = (
-        "import os, signal, sys\n"
-        "from ddcgan_tf.images import atomic_write\n"
-        "def write(tmp):\n"
-        "    with open(tmp, 'wb') as f:\n"
-        "        f.write(b'half of a checkpoint')\n"
-        "        f.flush()\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        f"atomic_write({str(target)!r}, write, suffix='.h5')\n"
-    )
-    r = cli("-c", script, timeout=60)
-    assert r.returncode == -signal.SIGKILL
+    kill_mid_atomic_write(target)
     with h5py.File(target, "r") as f:
         np.testing.assert_array_equal(f["x"][()], np.arange(10))
     assert not no_temp_files(tmp_path)  # the kill left the temporary file ...
@@ -580,18 +585,7 @@ def test_a_killed_writers_temporary_file_goes_with_the_next_write_beside_it(tmp_
     write into the folder removes the ones whose process is gone, and nothing else."""
     from ddcgan_tf import images
 
-    script = (
-        "import os, signal\n"
-        "from ddcgan_tf.images import atomic_write\n"
-        "def write(tmp):\n"
-        "    with open(tmp, 'wb') as f:\n"
-        "        f.write(b'half of a patch set')\n"
-        "        f.flush()\n"
-        "        os.kill(os.getpid(), signal.SIGKILL)\n"
-        f"atomic_write({str(tmp_path / 'set.h5')!r}, write)\n"
-    )
-    r = cli("-c", script, timeout=60)
-    assert r.returncode == -signal.SIGKILL
+    kill_mid_atomic_write(tmp_path / "set.h5")
     (killed,) = [p.name for p in tmp_path.iterdir()]
     assert killed.startswith(f".tmp-{images._host()}-")  # this machine, the dead process's id
     other_host = f".tmp-{(int(images._host(), 16) ^ 1):08x}-{os.getpid() + 1}-x.h5"  # a shared disk
