@@ -167,3 +167,13 @@ def test_real_colour_pet_slice_is_fused_in_colour():
     assert out.shape == (256, 256, 3)
     _, s = hue_saturation(*rgb_to_ihs(out.astype(np.float64))[1:])
     assert s.max() > 0.1  # colour survives
+
+
+def test_size_errors_name_the_image_at_fault():
+    """A PET of the wrong size names the PET, an MRI too small for the network names the MRI."""
+    with pytest.raises(InputError, match=r"^pet\.png: is 32x32 but must be 16x16 \(1/4 of the 64x64 MRI"):
+        fuse_pet_mri(ramp_fuser, np.zeros((64, 64), np.float32), np.zeros((32, 32, 3), np.float32),
+                     mri_name="mri.png", pet_name="pet.png")
+    with pytest.raises(InputError, match=r"^mri\.png: is 4x4; the network needs at least 8x8$"):
+        fuse_pet_mri(ramp_fuser, np.zeros((4, 4), np.float32), np.zeros((1, 1, 3), np.float32),
+                     mri_name="mri.png", pet_name="pet.png")

@@ -85,3 +85,18 @@ def test_a_saturated_discriminator_gives_the_written_finite_loss_in_a_graph_too(
         loss, grads = fn(half, ones)
         assert float(loss) == pytest.approx(2 * expected, rel=1e-6), fn
         assert np.isfinite(grads.numpy()).all(), fn
+
+
+def test_content_terms_compare_gradients_and_the_downsampled_output_of_real_images():
+    """Eq. 8 on non-constant images: ||psi(G) - i||_F^2 and ||grad G - grad v||_1 (the gradient
+    of the visible image, not the image itself), each summed per image and averaged over two."""
+    rng = np.random.default_rng(0)
+    fused, vis = rng.random((2, 8, 8, 1), np.float32), rng.random((2, 8, 8, 1), np.float32)
+    ir = rng.random((2, 2, 2, 1), np.float32)
+    ir_term, grad_term = losses.content_terms(tf.constant(fused), tf.constant(vis), tf.constant(ir), 4)
+    grad = lambda a: losses.gradient(tf.constant(a)).numpy()
+    psi = losses.downsample(tf.constant(fused), 4).numpy()
+    assert float(ir_term) == pytest.approx(np.square(psi - ir).sum() / 2, rel=1e-5)
+    assert float(grad_term) == pytest.approx(np.abs(grad(fused) - grad(vis)).sum() / 2, rel=1e-5)
+    _, same = losses.content_terms(tf.constant(vis), tf.constant(vis), tf.constant(ir), 4)
+    assert float(same) == 0.0

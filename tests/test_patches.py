@@ -314,3 +314,81 @@ def test_one_batch_needs_as_many_patches_as_the_batch(tmp_path):
     assert batches_per_epoch(PatchSet(path), 12) == 2
     with pytest.raises(InputError, match="set.h5: holds 24 patches, fewer than one batch of 25"):
         batches_per_epoch(PatchSet(path), 25)
+
+
+def test_cut_pair_refuses_values_outside_the_unit_range_on_either_side():
+    """An array of 0..255 levels passed as is, or one with a negative value, is an InputError
+    naming the image; values within RANGE_TOLERANCE of [0, 1] (a computed PET intensity's
+    rounding) are clipped and cut."""
+    rng = np.random.default_rng(0)
+    vis, ir = rng.random((32, 32)).astype(np.float32), rng.random((8, 8)).astype(np.float32)
+    for label, bad_vis, bad_ir, low, high in (("visible", vis * 255, ir, r"0\.0\d+", r"25\d\.\d"),
+                                              ("infrared", vis, ir - 0.5, r"-0\.\d+", r"0\.\d+"),
+                                              ("visible", vis + 0.5, ir, r"0\.\d+", r"1\.\d+")):
+        with pytest.raises(InputError, match=rf"^p\.png: {label} image values must lie in \[0, 1\], "
+                                             rf"got \[{low}, {high}\]$"):
+            cut_pair(bad_vis, bad_ir, patch=32, stride=16, scale=4, where="p.png")
+    edge = vis.copy()
+    edge[0, 0], edge[0, 1] = 1.0009, -0.0009
+    v, _ = cut_pair(edge, ir, patch=32, stride=16, scale=4)
+    assert v[0, 0, 0] == 1.0 and v[0, 0, 1] == 0.0
+
+
+def test_a_stride_that_no_low_resolution_pair_can_use_stops_the_run_naming_the_flag(tmp_path):
+    """A low-resolution infrared image needs a stride that is a multiple of the scale: that is the
+    flag's fault, not a pair's, so even in the default "skip" mode the run stops at once with the
+    flag named, rather than reporting every pair as failed (or cutting only the full-size ones)."""
+    vis_dir, ir_dir = write_pairs(str(tmp_path), names=("a", "b"), ir_scale=4)
+    out = str(tmp_path / "set.h5")
+    logged = []
+    with pytest.raises(InputError, match="^--stride: stride 14 must be a multiple of the scale 4") as info:
+        build_patch_set(vis_dir, ir_dir, out, patch=32, stride=14, log=logged.append)
+    assert info.value.where == "--stride" and not logged and not os.path.exists(out)
+    assert build_patch_set(vis_dir, ir_dir, out, patch=32, stride=16, log=quiet)["pairs"] == 2
+
+
+@pytest.mark.parametrize("matlab_order", [False, True])
+def test_a_nan_in_an_official_set_names_its_patch_in_either_axis_order(tmp_path, matlab_order):
+    """MATLAB writes the official layout as 2 x P x P x N: the patch number is then the last index."""
+    data = np.random.default_rng(0).random((5, 8, 8, 2)).astype(np.float32)
+    data[3, 2, 1, 1] = np.nan
+    path = str(tmp_path / "Training_Dataset.h5")
+    with h5py.File(path, "w") as f:
+        f["data"] = data.T if matlab_order else data
+    with pytest.raises(InputError, match=r"dataset 'data' holds NaN or Inf \(patch 3\)"):
+        PatchSet(path).load()
+
+
+def test_the_remainder_of_a_set_is_dropped_every_epoch(tmp_path):
+    """24 patches in batches of 10: two whole batches an epoch (the official loop drops the last
+    4), so a one-pass dataset ends after 2 batches and never repeats a patch."""
+    from ddcgan_tf.data import batches_per_epoch
+
+    path = str(tmp_path / "set.h5")
+    with h5py.File(path, "w") as f:
+        f["vis"] = np.arange(24, dtype=np.uint8).reshape(24, 1, 1, 1) * np.ones((1, 8, 8, 1), np.uint8)
+        f["vis"].attrs["max_value"] = 255
+        f["ir"] = np.zeros((24, 2, 2, 1), np.float32)
+    assert batches_per_epoch(PatchSet(path), 10) == 2
+    ds, _ = make_dataset(path, batch_size=10, seed=0, repeat=False)
+    seen = [np.rint(np.asarray(v)[:, 0, 0, 0] * 255).astype(int) for v, _ in ds]
+    assert len(seen) == 2 and len(set(np.concatenate(seen))) == 20
+
+
+def test_8_and_16_bit_sources_together_are_stored_as_16_bit(tmp_path):
+    """The smallest exact storage type of a mixed set is uint16 (an 8-bit level v is 257 v), not
+    float32 at twice the size."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "vis").mkdir()
+    (tmp_path / "ir").mkdir()
+    eight = rng.integers(0, 256, (32, 32), dtype=np.uint8)
+    iio.imwrite(tmp_path / "vis" / "a.png", eight)
+    iio.imwrite(tmp_path / "vis" / "b.png", rng.integers(0, 65536, (32, 32), dtype=np.uint16))
+    for name in ("a", "b"):
+        iio.imwrite(tmp_path / "ir" / f"{name}.png", rng.integers(0, 256, (8, 8), dtype=np.uint8))
+    out = str(tmp_path / "set.h5")
+    build_patch_set(str(tmp_path / "vis"), str(tmp_path / "ir"), out, patch=32, stride=16, log=quiet,
+                    allow_near_copies=True)
+    with h5py.File(out, "r") as f:
+        assert f["vis"].dtype == np.uint16 and f["vis"].attrs["max_value"] == 65535.0
+        np.testing.assert_array_equal(f["vis"][0, ..., 0], eight.astype(np.uint16) * 257)

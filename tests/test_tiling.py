@@ -121,6 +121,11 @@ def test_small_overlap_warns_and_is_only_approximate(moving):
         tiled = fuse_tiled(moving, vis, ir, tile=48, overlap=16)
     err = np.abs(tiled - moving(vis, ir)).max()
     assert 1e-6 < err < 1e-2  # cut 8 < 12 pixels from the tile edges
+    with pytest.warns(RuntimeWarning, match="overlap 20 < 24"):  # one step of the scale short
+        fuse_tiled(moving, vis, ir, tile=48, overlap=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # at min_overlap: exact, no warning
+        fuse_tiled(moving, vis, ir, tile=48, overlap=24)
 
 
 def test_image_within_one_tile_is_fused_whole(moving, batch):
