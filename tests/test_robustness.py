@@ -1069,3 +1069,29 @@ def test_ctrl_c_outside_a_commands_own_handling_is_one_line_and_exit_130():
               "run_main(main, 'ddcgan-x', needs_tensorflow=False)\n")
     r = cli("-c", script, timeout=60)
     assert (r.returncode, r.stderr.strip()) == (130, "ddcgan-x: interrupted"), r.stderr[-2000:]
+
+
+def test_ctrl_c_landing_in_a_garbage_collector_callback_during_the_tensorflow_import_stops_the_command(tmp_path):
+    """A real Ctrl-C during the TensorFlow import was lost about once in eight: TensorFlow
+    imports JAX where it is installed, JAX registers a garbage-collector callback, and Python
+    drops an exception raised inside one, so the command ran on. The signal is now held until
+    the import ends. A stand-in `tensorflow` receives the signal inside such a callback."""
+    fake = tmp_path / "tensorflow"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import gc, logging, os, signal\n"
+        "def _callback(phase, info):\n"
+        "    if phase == 'start':\n"
+        "        gc.callbacks.remove(_callback)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)  # the handler runs here, inside the callback\n"
+        "gc.callbacks.append(_callback)\n"
+        "gc.collect()\n"
+        "def get_logger():\n"
+        "    return logging.getLogger('tensorflow')\n")
+    script = ("from ddcgan_tf.cli.common import run_main\n"
+              "def main(argv):\n"
+              "    print('ran on')\n"
+              "run_main(main, 'ddcgan-x')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    assert (r.returncode, r.stderr.strip(), r.stdout) == (130, "ddcgan-x: interrupted", ""), r.stderr[-2000:]
