@@ -35,6 +35,8 @@ set -u
 SECS=${1:?SECONDS}; O=${2:?OUT}; SET=${3:-held_out_8}; TNO=${TNO:-.gpu/tno}; X=${JAX_ARGS:-}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=0.28
 nvidia-smi -L 2>/dev/null; python3 -c "import jax; print(jax.__version__, jax.devices())"
+# /tmp/gpu_job is kept between calls: on a warm machine a second run.sh resumes the runs there
+# (jax_train.py picks up a run folder's newest checkpoint); rm -rf it first for fresh runs
 W=/tmp/gpu_job; mkdir -p $W
 python3 -c "
 from ddcgan_tf import config
