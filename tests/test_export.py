@@ -166,6 +166,35 @@ def test_existing_output_needs_overwrite(generator_file, tmp_path):
     assert stat.S_IMODE(os.stat(out_dir).st_mode) == 0o777 & ~umask  # others may serve it (mkdtemp: 0700)
 
 
+def test_overwrite_replaces_only_a_whole_export_at_its_own_path(generator_file, tmp_path):
+    """--overwrite deletes what --output holds only when it is one of our exports: its
+    saved_model.pb and our config. Another tool's SavedModel (no ddcgan_config.json), a folder
+    holding our config alone, and a symlink (even to an export) are refused in one InputError,
+    and every file of them, the link and its target stay as they were."""
+    def tree(root):
+        return sorted((str(p.relative_to(tmp_path)), p.is_symlink(), None if p.is_dir() else p.read_bytes())
+                      for p in root.rglob("*"))
+
+    other = tmp_path / "other"  # e.g. a TF Serving model of another project
+    (other / "variables").mkdir(parents=True)
+    (other / "saved_model.pb").write_bytes(b"another model")
+    config_only = tmp_path / "config_only"
+    (config_only / os.path.dirname(CONFIG_FILE)).mkdir(parents=True)
+    (config_only / CONFIG_FILE).write_text("{}")
+    target = tmp_path / "v1"  # what an export holds, reached through a link
+    (target / os.path.dirname(CONFIG_FILE)).mkdir(parents=True)
+    (target / "saved_model.pb").write_bytes(b"v1")
+    (target / CONFIG_FILE).write_text("{}")
+    link = tmp_path / "current"
+    link.symlink_to(target, target_is_directory=True)
+    before = tree(tmp_path)
+    g = load_generator(generator_file)
+    for out in (other, config_only, link):
+        with pytest.raises(InputError, match="is not a previous export"):
+            export_saved_model(g, str(out), overwrite=True)
+    assert tree(tmp_path) == before and link.is_symlink()
+
+
 def test_a_failed_overwrite_puts_the_previous_export_back(generator_file, tmp_path, monkeypatch):
     """The new export moves into place last; when that fails (EIO here), the previous export is
     back at its path, whole, and no temporary directory is left."""

@@ -255,6 +255,32 @@ def test_the_adversarial_and_full_g_steps_use_separate_rmsprop_slots(official):
     assert any(not np.array_equal(a, b) for a, b in zip(g_slots, adv_slots))
 
 
+def test_an_adversarial_g_repeat_steps_on_the_adversarial_loss_alone(official):
+    """Phase 3 (official `G_GAN_solver`): an adversarial repeat takes the gradient of L_adv, not
+    of L_G (whose content terms are in the hundreds here). From one state, a batch without
+    repeats leaves the weights the repeat starts from; the same batch with one adversarial
+    repeat, its RMSProp accumulator set to 0, leaves (1 - rho) * g**2 there, g the gradient of
+    L_adv at those weights."""
+    m = official.model
+    state = m.variables + [v for opt in m.optimizers.values() for v in opt.variables]
+    start = [v.numpy() for v in state]
+    data = batch(4)
+    official.step(data, l_max=1e9, l_min=1e9, g_max=1e9, max_repeats=1)  # Dv, Di, G once each
+    with tf.GradientTape() as tape:
+        adv = m._g_losses(*data)["g_adv"]
+    grads = tape.gradient(adv, m.generator.trainable_variables)
+    for v, value in zip(state, start):
+        v.assign(value)
+    opt = m.g_adv_optimizer
+    for v in opt._velocities:
+        v.assign(tf.zeros_like(v))
+    out = official.step(data, l_max=1e9, l_min=1e9, g_max=1e9, max_repeats=2)
+    assert out["g_steps"] == 2
+    got = np.concatenate([v.numpy().ravel() for v in opt._velocities])
+    want = (1.0 - opt.rho) * np.concatenate([g.numpy().ravel() for g in grads]) ** 2
+    assert np.linalg.norm(got - want) <= 0.01 * np.linalg.norm(want), np.linalg.norm(got) / np.linalg.norm(want)
+
+
 def test_xla_compiles_the_pieces_and_trains_as_the_graph_does():
     """compile(jit_compile=True): every loop body is an XLA computation of its own (a G step
     inside one XLA while loop took 154 s instead of 3 s on the CPU, see DDcGAN._compiled), and

@@ -177,6 +177,18 @@ def test_a_state_of_another_patch_size_is_refused_by_name(tmp_path):
         ckpt.load_state(build_model(patch_size=48), path)
 
 
+def test_a_state_missing_a_variable_is_refused_not_restored_in_part(tmp_path):
+    """A checkpoint group with fewer variables than the model (a damaged file, or one written
+    before optimizer_steps was saved) is refused with both counts, instead of restoring the
+    variables it has and leaving the rest (here the learning-rate counter) as they were."""
+    path = str(tmp_path / "ckpt-00000001.h5")
+    ckpt.save_state(build_model(patch_size=32), path)
+    with h5py.File(path, "r+") as f:
+        del f["counters"][sorted(f["counters"])[-1]]
+    with pytest.raises(InputError, match=r"ckpt-00000001\.h5: '/counters' holds 1 variables, the model has 2"):
+        ckpt.load_state(build_model(patch_size=32), path)
+
+
 @pytest.mark.parametrize("retries", [0, 2])
 def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, retries):
     path = str(tmp_path / "nan.h5")
@@ -407,6 +419,20 @@ def test_init_from_a_shipped_directory_reads_its_full_state(tmp_path):
     for a, b in zip(earlier.generator.weights, target.generator.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert not np.array_equal(earlier.generator.weights[0].numpy(), source.generator.weights[0].numpy())
+
+
+def test_init_from_a_run_directory_takes_its_newest_checkpoint_even_beside_a_train_state(tmp_path):
+    """A run directory warm-starts from its newest checkpoint; train_state.h5 is read only from a
+    directory with no checkpoint (a shipped one). A run directory that also holds a copied
+    train_state.h5 (README: resuming from the shipped state) still gives its own newest one."""
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("train_state.h5", "ckpt-00000002.h5", "ckpt-00000009.h5"):
+        (run / name).write_bytes(b"")
+    assert ckpt.warm_start_file(str(run)) == str(run / "ckpt-00000009.h5")
+    for name in ("ckpt-00000002.h5", "ckpt-00000009.h5"):
+        (run / name).unlink()
+    assert ckpt.warm_start_file(str(run)) == str(run / "train_state.h5")
 
 
 def test_init_from_refuses_missing_or_mismatched_weights(small_patch_set, tmp_path, generator_file):
