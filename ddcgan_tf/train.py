@@ -94,7 +94,11 @@ class StartTogether:
     failing one calls `fail()` instead, which joins the next agreement. Two points: before the
     model is built (the first collective: the weights' broadcast) and after the weights are
     restored or warm-started (`last=True`; then the chief's state is shared). One collective each.
-    A failure inside the model's build, or after the last agreement, is not covered."""
+    A worker that fails inside the model's build joins the others' weight broadcast with its
+    all-reduce instead, which aborts it there (`building`). A failure after the last agreement
+    is not covered (training's own collectives then fail: PeerLost)."""
+
+    PEER_FAILED = "another worker failed to start (its own error says why); every worker stops"
 
     def __init__(self, strategy):
         self._any = cb.any_worker(strategy)
@@ -104,8 +108,19 @@ class StartTogether:
         self._open = not last
         if bool(self._any(tf.constant(0.0))):
             self._open = False
-            raise InputError("--strategy multiworker", "another worker failed to start (its own error "
-                                                       "says why); every worker stops")
+            raise InputError("--strategy multiworker", self.PEER_FAILED)
+
+    @contextlib.contextmanager
+    def building(self):
+        """Around the model's build (its first collective, the weights' broadcast): a collective
+        that fails there because a peer failed (its fail() does not match the broadcast, or the
+        peer is gone) is that peer's failure, one line; this worker then joins nothing more."""
+        try:
+            yield
+        except (tf.errors.InternalError, tf.errors.UnavailableError, tf.errors.CancelledError,
+                tf.errors.AbortedError):
+            self._open = False
+            raise InputError("--strategy multiworker", self.PEER_FAILED) from None
 
     def fail(self):
         if self._open:
@@ -268,7 +283,7 @@ def train(data, model_dir, steps=None, epochs=1, batch_size=C.BATCH_SIZE, preset
             keras.mixed_precision.set_global_policy(mixed_precision or "float32")
             if start is not None:  # before the first collective (building the model broadcasts its weights)
                 start.ready()
-            with distribution.scope():
+            with distribution.scope(), start.building() if start is not None else contextlib.nullcontext():
                 model = build_model(train_config=cfg, steps_per_epoch=steps_per_epoch, jit_compile=jit_compile,
                                     **model_options)
             restored = manager.restore_latest(model)

@@ -103,6 +103,12 @@ WORKER = textwrap.dedent("""
     else:  # the replicas pool BN statistics with the two-pass moments; so does the reference
         from ddcgan_tf import layers  # (the fused kernel's equality is tested in test_models)
         layers.FUSED = False
+    if os.environ.get("BUILD_RUNS_OUT_OF_MEMORY") == str(index):  # a worker whose model does not fit
+        import tensorflow as tf
+        from ddcgan_tf import train
+        def build_model(**options):
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        train.build_model = build_model
     from ddcgan_tf.cli.train import run
     sys.argv = ["ddcgan-train", *args]
     run()
@@ -228,20 +234,23 @@ def test_multiworker_run_stopped_on_one_worker_resumes_and_equals_one_process(sm
     assert worst < 2e-2, worst
 
 
-@pytest.mark.parametrize("where", ["data", "init_from"])
+@pytest.mark.parametrize("where", ["data", "init_from", "build"])
 def test_a_worker_that_fails_to_start_stops_the_others(small_patch_set, tmp_path, where):
     """A worker whose setup fails tells the others, which would otherwise wait for it in the next
     collective for ever: each exits 2 with one line, the failing one naming its problem, the others
     saying another worker failed. "data": its data file is missing (before the model is built,
     the first collective). "init_from": its warm-start file is damaged, found after the model is
-    built (a damaged checkpoint on a resume fails at the same point)."""
+    built (a damaged checkpoint on a resume fails at the same point). "build": its model does not
+    fit in memory, inside the build, while the others broadcast the weights (they printed a
+    46-line InternalError traceback from that broadcast, exit 1)."""
     bad = str(tmp_path / ("missing.h5" if where == "data" else "damaged.h5"))
     if where == "init_from":
         with open(bad, "wb") as f:
             f.write(b"not an HDF5 file")
     args = [["--data", small_patch_set], ["--data", small_patch_set, "--init_from", bad]] if where == "init_from" \
-        else [["--data", small_patch_set], ["--data", bad]]
-    env = dict(os.environ, PYTHONPATH=REPO)
+        else [["--data", small_patch_set], ["--data", bad]] if where == "data" \
+        else [["--data", small_patch_set], ["--data", small_patch_set]]
+    env = dict(os.environ, PYTHONPATH=REPO, BUILD_RUNS_OUT_OF_MEMORY="1" if where == "build" else "")
     ports = _free_ports(2)
     procs = []
     for k, extra in enumerate(args):
@@ -260,7 +269,11 @@ def test_a_worker_that_fails_to_start_stops_the_others(small_patch_set, tmp_path
     errors = [o[1].strip().splitlines()[-1] for o in outs]
     assert errors[0] == ("ddcgan-train: error: --strategy multiworker: another worker failed to start "
                          "(its own error says why); every worker stops"), errors
-    assert errors[1].startswith(f"ddcgan-train: error: {bad}"), errors
+    if where == "build":
+        assert errors[1] == ("ddcgan-train: error: out of memory: a training step at this --batch_size does not fit "
+                             "on the device (start the run with a smaller --batch_size)"), errors
+    else:
+        assert errors[1].startswith(f"ddcgan-train: error: {bad}"), errors
 
 
 @pytest.mark.slow  # 25-130 s each (two TensorFlow processes training; the longer under load)

@@ -1071,6 +1071,26 @@ def test_ctrl_c_outside_a_commands_own_handling_is_one_line_and_exit_130():
     assert (r.returncode, r.stderr.strip()) == (130, "ddcgan-x: interrupted"), r.stderr[-2000:]
 
 
+@pytest.mark.parametrize("command, advice", [
+    ("fuse", "out of memory: the image is too large to process in one piece (--tile 512 fuses it in tiles)"),
+    ("train", "out of memory: a training step at this --batch_size does not fit on the device (start the run "
+              "with a smaller --batch_size)"),
+    ("export", "out of memory")])
+def test_running_out_of_memory_is_one_line_with_the_commands_own_advice(command, advice):
+    """TensorFlow's ResourceExhaustedError is one line; ddcgan-train used to be told to fuse in
+    tiles, the advice of ddcgan-fuse."""
+    argv = ["prog", "--data=d.h5", "--model_dir=run"] if command == "train" else ["prog"]  # required flags
+    script = (f"from ddcgan_tf.cli import {command} as cli\n"
+              "def main(argv):\n"
+              "    import tensorflow as tf  # imported quietly by then, as the commands import it\n"
+              "    raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating tensor')\n"
+              "cli.main = main\n"
+              f"import sys; sys.argv = {argv!r}\n"
+              "cli.run()\n")
+    r = cli("-c", script, timeout=120)
+    assert (r.returncode, r.stderr.strip()) == (2, f"ddcgan-{command}: error: {advice}"), r.stderr[-2000:]
+
+
 def test_ctrl_c_landing_in_a_garbage_collector_callback_during_the_tensorflow_import_stops_the_command(tmp_path):
     """A real Ctrl-C during the TensorFlow import was lost about once in eight: TensorFlow
     imports JAX where it is installed, JAX registers a garbage-collector callback, and Python

@@ -75,9 +75,10 @@ def error_exit(prog, message, status=EXIT_BAD_INPUT):
     sys.exit(status)
 
 
-def run_main(main, prog, needs_tensorflow=True):
+def run_main(main, prog, needs_tensorflow=True, out_of_memory="out of memory"):
     """Runs an absl `main`, turning InputError (WriteError included) and OS errors (missing
-    files, permissions, full or read-only disks) into a one-line error and exit status 2."""
+    files, permissions, full or read-only disks) into a one-line error and exit status 2;
+    TensorFlow running out of memory prints `out_of_memory` (the command's advice)."""
 
     def guarded(argv):
         try:
@@ -95,8 +96,7 @@ def run_main(main, prog, needs_tensorflow=True):
                 raise
             if "No space left on device" in str(e):  # TensorFlow's file writes report a full disk so too
                 error_exit(prog, f"cannot write (No space left on device): {one_line(str(e))[:200]}")
-            error_exit(prog, "out of memory: the image is too large to process in one piece "
-                             "(ddcgan-fuse --tile 512 fuses it in tiles)")
+            error_exit(prog, out_of_memory)
 
     def parse(argv):
         rest = parse_flags(prog, argv)

@@ -145,7 +145,8 @@ def fuse_pet_mri_cli():
 
 
 def run():
-    run_main(main, "ddcgan-fuse")
+    run_main(main, "ddcgan-fuse", out_of_memory="out of memory: the image is too large to process in one piece "
+                                                "(--tile 512 fuses it in tiles)")
 
 
 if __name__ == "__main__":

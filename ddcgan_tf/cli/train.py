@@ -91,7 +91,8 @@ def main(argv):
 
 
 def run():
-    run_main(main, "ddcgan-train")
+    run_main(main, "ddcgan-train", out_of_memory="out of memory: a training step at this --batch_size does not "
+                                                 "fit on the device (start the run with a smaller --batch_size)")
 
 
 if __name__ == "__main__":
