@@ -113,12 +113,15 @@ class StartTogether:
     @contextlib.contextmanager
     def building(self):
         """Around the model's build (its first collective, the weights' broadcast): a collective
-        that fails there because a peer failed (its fail() does not match the broadcast, or the
-        peer is gone) is that peer's failure, one line; this worker then joins nothing more."""
+        op that fails there because a peer failed (its fail() does not match the broadcast, or
+        the peer is gone) is that peer's failure, one line; this worker then joins nothing
+        more. Any other error is this worker's own (fail() tells the peers)."""
         try:
             yield
         except (tf.errors.InternalError, tf.errors.UnavailableError, tf.errors.CancelledError,
-                tf.errors.AbortedError):
+                tf.errors.AbortedError) as e:
+            if "collective" not in str(e.message).lower():
+                raise
             self._open = False
             raise InputError("--strategy multiworker", self.PEER_FAILED) from None
 

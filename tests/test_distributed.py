@@ -103,11 +103,13 @@ WORKER = textwrap.dedent("""
     else:  # the replicas pool BN statistics with the two-pass moments; so does the reference
         from ddcgan_tf import layers  # (the fused kernel's equality is tested in test_models)
         layers.FUSED = False
-    if os.environ.get("BUILD_RUNS_OUT_OF_MEMORY") == str(index):  # a worker whose model does not fit
+    if os.environ.get("BUILD_FAILS") == str(index):  # a worker whose model's build fails
         import tensorflow as tf
         from ddcgan_tf import train
         def build_model(**options):
-            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+            if os.environ["BUILD_ERROR"] == "oom":
+                raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+            raise tf.errors.InternalError(None, None, "Dst tensor is not initialized.")  # a GPU fault
         train.build_model = build_model
     from ddcgan_tf.cli.train import run
     sys.argv = ["ddcgan-train", *args]
@@ -234,7 +236,7 @@ def test_multiworker_run_stopped_on_one_worker_resumes_and_equals_one_process(sm
     assert worst < 2e-2, worst
 
 
-@pytest.mark.parametrize("where", ["data", "init_from", "build"])
+@pytest.mark.parametrize("where", ["data", "init_from", "build", "build_internal"])
 def test_a_worker_that_fails_to_start_stops_the_others(small_patch_set, tmp_path, where):
     """A worker whose setup fails tells the others, which would otherwise wait for it in the next
     collective for ever: each exits 2 with one line, the failing one naming its problem, the others
@@ -242,7 +244,8 @@ def test_a_worker_that_fails_to_start_stops_the_others(small_patch_set, tmp_path
     the first collective). "init_from": its warm-start file is damaged, found after the model is
     built (a damaged checkpoint on a resume fails at the same point). "build": its model does not
     fit in memory, inside the build, while the others broadcast the weights (they printed a
-    46-line InternalError traceback from that broadcast, exit 1)."""
+    46-line InternalError traceback from that broadcast, exit 1). "build_internal": its own
+    TensorFlow InternalError there (a GPU fault, say) is its own, not blamed on another worker."""
     bad = str(tmp_path / ("missing.h5" if where == "data" else "damaged.h5"))
     if where == "init_from":
         with open(bad, "wb") as f:
@@ -250,7 +253,8 @@ def test_a_worker_that_fails_to_start_stops_the_others(small_patch_set, tmp_path
     args = [["--data", small_patch_set], ["--data", small_patch_set, "--init_from", bad]] if where == "init_from" \
         else [["--data", small_patch_set], ["--data", bad]] if where == "data" \
         else [["--data", small_patch_set], ["--data", small_patch_set]]
-    env = dict(os.environ, PYTHONPATH=REPO, BUILD_RUNS_OUT_OF_MEMORY="1" if where == "build" else "")
+    env = dict(os.environ, PYTHONPATH=REPO, BUILD_FAILS="1" if where.startswith("build") else "",
+               BUILD_ERROR="oom" if where == "build" else "internal")
     ports = _free_ports(2)
     procs = []
     for k, extra in enumerate(args):
@@ -265,10 +269,16 @@ def test_a_worker_that_fails_to_start_stops_the_others(small_patch_set, tmp_path
             if p.poll() is None:
                 p.kill()
                 p.wait()
-    assert [p.returncode for p in procs] == [2, 2], [o[1][-1500:] for o in outs]
+    if where == "build_internal":  # a TensorFlow fault is a traceback, the others' line as before
+        assert [p.returncode for p in procs] == [2, 1], [o[1][-1500:] for o in outs]
+        assert "Dst tensor is not initialized." in outs[1][1].strip().splitlines()[-1], outs[1][1][-1500:]
+        procs, outs = procs[:1], outs[:1]
+    assert [p.returncode for p in procs] == [2, 2][:len(procs)], [o[1][-1500:] for o in outs]
     errors = [o[1].strip().splitlines()[-1] for o in outs]
     assert errors[0] == ("ddcgan-train: error: --strategy multiworker: another worker failed to start "
                          "(its own error says why); every worker stops"), errors
+    if where == "build_internal":
+        return
     if where == "build":
         assert errors[1] == ("ddcgan-train: error: out of memory: a training step at this --batch_size does not fit "
                              "on the device (start the run with a smaller --batch_size)"), errors
