@@ -365,17 +365,24 @@ def atomic_write(path, write_fn, suffix=""):
     _fsync(directory, quiet=True)
 
 
-_STALE_TEMP = re.compile(r"\.tmp-(?:export-)?([0-9a-f]{8})-(\d+)-")
+_STALE_TEMP = re.compile(r"\.tmp-(?:export-)?([0-9a-f]{8})-(\d{1,10})-")
 _swept = set()
 
 
 def _host():
-    return f"{zlib.crc32(socket.gethostname().encode()):08x}"
+    """This machine and its process-id space: a hash of the host name and, on Linux, of the pid
+    namespace, so that a container with the host's name (host networking) but pids of its own
+    counts as another machine (its live writers' pids mean nothing here)."""
+    try:
+        space = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        space = ""
+    return f"{zlib.crc32(f'{socket.gethostname()} {space}'.encode()):08x}"
 
 
 def temp_prefix(kind=""):
-    """The start of a temporary name: `.tmp-KIND` + this machine + this process, so that a
-    later writer can tell one left by a killed process (`remove_stale_temps`)."""
+    """The start of a temporary name: `.tmp-KIND` + this machine (`_host`) + this process, so
+    that a later writer can tell one left by a killed process (`remove_stale_temps`)."""
     return f".tmp-{kind}{_host()}-{os.getpid()}-"
 
 
@@ -392,9 +399,10 @@ def remove_stale_temps(directory):
         names = os.listdir(directory)
     except OSError:
         return
+    here = _host()
     for name in names:
         match = _STALE_TEMP.match(name)
-        if not match or match.group(1) != _host() or _alive(int(match.group(2))):
+        if not match or match.group(1) != here or _alive(int(match.group(2))):
             continue
         path = os.path.join(directory, name)
         if os.path.isdir(path) and not os.path.islink(path):
@@ -408,7 +416,7 @@ def _alive(pid):
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:  # another user's process (EPERM), or anything unclear: keep its file
+    except (OSError, OverflowError):  # another user's process (EPERM), or anything unclear: keep its file
         return True
     return True
 

@@ -600,6 +600,35 @@ def test_a_killed_writers_temporary_file_goes_with_the_next_write_beside_it(tmp_
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + ["table.txt"])
 
 
+def test_a_temporary_file_from_another_pid_namespace_is_never_taken_for_a_dead_writers(tmp_path, monkeypatch):
+    """A container with the host's name (host networking) but its own process ids writes into a
+    shared folder: a process id that does not exist here may be a live writer there, whose file
+    the sweep deleted under it (found by a review, with unshare). The pid namespace is part of
+    the machine's mark, so such a file counts as another machine's."""
+    from ddcgan_tf import images
+
+    child = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                           text=True, check=True)
+    name = f".tmp-{images._host()}-{int(child.stdout)}-x.h5"  # a gone process of this namespace
+    (tmp_path / "there").mkdir()
+    (tmp_path / "there" / name).write_bytes(b"half")
+    real = os.readlink
+    monkeypatch.setattr(images.os, "readlink",
+                        lambda p, *a, **k: "pid:[4026532999]" if p == "/proc/self/ns/pid" else real(p, *a, **k))
+    images.write_text(str(tmp_path / "there" / "table.txt"), "x\n")  # a writer in another pid namespace
+    assert (tmp_path / "there" / name).exists()
+    monkeypatch.undo()
+    (tmp_path / "here").mkdir()
+    (tmp_path / "here" / name).write_bytes(b"half")
+    images.write_text(str(tmp_path / "here" / "table.txt"), "x\n")  # the same namespace: the writer is gone
+    assert not (tmp_path / "here" / name).exists()
+    (tmp_path / "here2").mkdir()
+    odd = tmp_path / "here2" / f".tmp-{images._host()}-99999999999999999999-x"  # not a pid: left alone
+    odd.write_bytes(b"")
+    images.write_text(str(tmp_path / "here2" / "table.txt"), "x\n")
+    assert odd.exists()
+
+
 def test_sigkill_mid_training_then_resume_keeps_every_checkpoint_loadable(small_patch_set, tmp_path):
     """Bullet: checkpoints are atomic, so a kill at any moment leaves every checkpoint on disk
     loadable, and a resumed run continues the step count (steps.jsonl and batch_count).
