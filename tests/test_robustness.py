@@ -1100,6 +1100,39 @@ def test_ctrl_c_outside_a_commands_own_handling_is_one_line_and_exit_130():
     assert (r.returncode, r.stderr.strip()) == (130, "ddcgan-x: interrupted"), r.stderr[-2000:]
 
 
+def test_a_second_ctrl_c_stops_a_tensorflow_import_that_hangs(tmp_path):
+    """The first Ctrl-C during the import is held until the import ends; an import that never
+    ends (a hung network file system, a stuck driver) is stopped by the second."""
+    fake = tmp_path / "tensorflow"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "import os, time\n"
+        f"open({str(tmp_path / 'importing')!r}, 'w').close()\n"
+        "time.sleep(60)\n")
+    script = ("from ddcgan_tf.cli.common import run_main\n"
+              "def main(argv):\n"
+              "    print('ran on')\n"
+              "run_main(main, 'ddcgan-x')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
+    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env=env)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "importing").exists():
+            assert p.poll() is None and time.time() < deadline, p.communicate()
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert p.poll() is None  # held: the import goes on
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=20)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.communicate()
+    assert (p.returncode, err.strip(), out) == (130, "ddcgan-x: interrupted", "")
+
+
 @pytest.mark.parametrize("command, advice", [
     ("fuse", "out of memory: the image is too large to process in one piece (--tile 512 fuses it in tiles)"),
     ("train", "out of memory: a training step at this --batch_size does not fit on the device (start the run "

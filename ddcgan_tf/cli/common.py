@@ -46,14 +46,20 @@ def import_tensorflow_quietly():
 
 @contextlib.contextmanager
 def _interrupt_held():
-    """SIGINT inside the block is recorded, and raised as KeyboardInterrupt when it ends (only
-    where Python's own handler is in place: not in a thread, nor where SIGINT is ignored)."""
+    """The first SIGINT inside the block is recorded, and raised as KeyboardInterrupt when it
+    ends; a second one raises at once (an import that hangs can still be stopped). Only where
+    Python's own handler is in place: not in a thread, nor where SIGINT is ignored."""
     if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield
         return
     received = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+
+    def hold(signum, frame):
+        received.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, hold)
     try:
         yield
     finally:
