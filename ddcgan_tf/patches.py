@@ -337,6 +337,7 @@ class _DiskSink:
         self._pos = 0
         self._size = os.fstat(self._fd).st_size
         self._pages = {}
+        self._disk_end = None  # after a failure: where the file now ends, as far as reads go
         self.error = None
 
     def close(self):
@@ -359,6 +360,14 @@ class _DiskSink:
                 os.ftruncate(self._fd, size)
             except OSError as e:
                 self.error = e
+        if self.error is not None:  # the disk keeps its bytes: forget those past `size`
+            self._disk_end = size if self._disk_end is None else min(self._disk_end, size)
+            for page in [p for p in self._pages if (p + 1) * self.PAGE > size]:
+                keep = max(0, size - page * self.PAGE)
+                if keep:
+                    self._pages[page][keep:] = bytes(self.PAGE - keep)
+                else:
+                    del self._pages[page]
         self._size = size
         return size
 
@@ -387,6 +396,7 @@ class _DiskSink:
             chunk = kept[offset:offset + take] if kept is not None else self._disk(position, take)
             out[filled:filled + take] = chunk
             position, filled = position + take, filled + take
+        out[n:] = bytes(len(out) - n)  # past the end: zeros, as HDF5's own driver reads
         self._pos += n
         return n
 
@@ -395,8 +405,9 @@ class _DiskSink:
         return bytes(buffer[:self.readinto(buffer)])
 
     def _disk(self, position, size):
-        data = os.pread(self._fd, size, position)
-        return data + bytes(size - len(data))  # never written: HDF5 expects zeros
+        end = position + size if self._disk_end is None else min(position + size, self._disk_end)
+        data = os.pread(self._fd, max(0, end - position), position)
+        return data + bytes(size - len(data))  # never written (or cut off): zeros
 
     def _remember(self, position, data):
         while len(data):

@@ -1041,8 +1041,14 @@ def test_the_patch_sink_reads_back_what_it_kept_in_memory_after_a_failed_write(t
     sink.seek(0, os.SEEK_END)
     sink.write(b"x")
     sink.seek(-5, os.SEEK_END)
-    buffer = bytearray(10)
-    assert sink.readinto(buffer) == 5 and bytes(buffer[:5]) == bytes(expected[-4:]) + b"x"
+    buffer = bytearray(b"\xff" * 10)
+    assert sink.readinto(buffer) == 5 and bytes(buffer) == bytes(expected[-4:]) + b"x" + bytes(5)  # zeros past the end
+    # shrunk after the failure (the disk keeps its bytes), then written past: the gap reads as zeros
+    sink.truncate(50_000)
+    sink.seek(120_000)
+    sink.write(b"y")
+    sink.seek(49_990)
+    assert sink.read() == bytes(expected[49_990:50_000]) + bytes(70_000) + b"y"
     sink.close()
 
 
