@@ -1106,22 +1106,25 @@ def test_ctrl_c_outside_a_commands_own_handling_is_one_line_and_exit_130():
     assert (r.returncode, r.stderr.strip()) == (130, "ddcgan-x: interrupted"), r.stderr[-2000:]
 
 
-def test_a_second_ctrl_c_stops_a_tensorflow_import_that_hangs(tmp_path):
-    """The first Ctrl-C during the import is held until the import ends; an import that never
-    ends (a hung network file system, a stuck driver) is stopped by the second."""
-    fake = tmp_path / "tensorflow"
-    fake.mkdir()
-    (fake / "__init__.py").write_text(
-        "import os, time\n"
-        f"open({str(tmp_path / 'importing')!r}, 'w').close()\n"
-        "time.sleep(60)\n")
+def cli_importing_a_stand_in_tensorflow(tmp_path, source):
+    """(command, env) of a CLI `ddcgan-x` (run_main; its main prints "ran on") whose
+    `import tensorflow` runs `source`."""
+    (tmp_path / "tensorflow").mkdir()
+    (tmp_path / "tensorflow" / "__init__.py").write_text(source)
     script = ("from ddcgan_tf.cli.common import run_main\n"
               "def main(argv):\n"
               "    print('ran on')\n"
               "run_main(main, 'ddcgan-x')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
-    p = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                         env=env)
+    return [sys.executable, "-c", script], dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
+
+
+def test_a_second_ctrl_c_stops_a_tensorflow_import_that_hangs(tmp_path):
+    """The first Ctrl-C during the import is held until the import ends; an import that never
+    ends (a hung network file system, a stuck driver) is stopped by the second."""
+    command, env = cli_importing_a_stand_in_tensorflow(tmp_path, "import time\n"
+                                                                f"open({str(tmp_path / 'importing')!r}, 'w').close()\n"
+                                                                "time.sleep(60)\n")
+    p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 60
         while not (tmp_path / "importing").exists():
@@ -1164,9 +1167,7 @@ def test_ctrl_c_landing_in_a_garbage_collector_callback_during_the_tensorflow_im
     imports JAX where it is installed, JAX registers a garbage-collector callback, and Python
     drops an exception raised inside one, so the command ran on. The signal is now held until
     the import ends. A stand-in `tensorflow` receives the signal inside such a callback."""
-    fake = tmp_path / "tensorflow"
-    fake.mkdir()
-    (fake / "__init__.py").write_text(
+    command, env = cli_importing_a_stand_in_tensorflow(tmp_path, (
         "import gc, logging, os, signal\n"
         "def _callback(phase, info):\n"
         "    if phase == 'start':\n"
@@ -1175,11 +1176,6 @@ def test_ctrl_c_landing_in_a_garbage_collector_callback_during_the_tensorflow_im
         "gc.callbacks.append(_callback)\n"
         "gc.collect()\n"
         "def get_logger():\n"
-        "    return logging.getLogger('tensorflow')\n")
-    script = ("from ddcgan_tf.cli.common import run_main\n"
-              "def main(argv):\n"
-              "    print('ran on')\n"
-              "run_main(main, 'ddcgan-x')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+        "    return logging.getLogger('tensorflow')\n"))
+    r = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert (r.returncode, r.stderr.strip(), r.stdout) == (130, "ddcgan-x: interrupted", ""), r.stderr[-2000:]
