@@ -1108,7 +1108,9 @@ def test_ctrl_c_outside_a_commands_own_handling_is_one_line_and_exit_130():
 
 def cli_importing_a_stand_in_tensorflow(tmp_path, source):
     """(command, env) of a CLI `ddcgan-x` (run_main; its main prints "ran on") whose
-    `import tensorflow` runs `source`."""
+    `import tensorflow` runs `source`. Start it with `preexec_fn=default_sigint`: a child
+    inherits an ignored SIGINT (pytest-xdist's workers ignore it), where Python installs no
+    handler of its own, as in a shell's background job."""
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text(source)
     script = ("from ddcgan_tf.cli.common import run_main\n"
@@ -1118,13 +1120,18 @@ def cli_importing_a_stand_in_tensorflow(tmp_path, source):
     return [sys.executable, "-c", script], dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
 
 
+def default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_a_second_ctrl_c_stops_a_tensorflow_import_that_hangs(tmp_path):
     """The first Ctrl-C during the import is held until the import ends; an import that never
     ends (a hung network file system, a stuck driver) is stopped by the second."""
     command, env = cli_importing_a_stand_in_tensorflow(tmp_path, "import time\n"
                                                                 f"open({str(tmp_path / 'importing')!r}, 'w').close()\n"
                                                                 "time.sleep(60)\n")
-    p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=default_sigint)
     try:
         deadline = time.time() + 60
         while not (tmp_path / "importing").exists():
@@ -1177,5 +1184,5 @@ def test_ctrl_c_landing_in_a_garbage_collector_callback_during_the_tensorflow_im
         "gc.collect()\n"
         "def get_logger():\n"
         "    return logging.getLogger('tensorflow')\n"))
-    r = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
+    r = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, preexec_fn=default_sigint)
     assert (r.returncode, r.stderr.strip(), r.stdout) == (130, "ddcgan-x: interrupted", ""), r.stderr[-2000:]
