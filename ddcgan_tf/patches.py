@@ -25,6 +25,7 @@ from ddcgan_tf import config as C
 from ddcgan_tf import images
 from ddcgan_tf.errors import InputError
 from ddcgan_tf.metrics import pearson
+from ddcgan_tf.signals import interrupt_held
 
 FORMAT = "ddcgan_tf.patches/1"
 MISMATCH_RULES = ("skip", "error", "resize")
@@ -263,20 +264,22 @@ def build_patch_set(vis_dir, ir_dir, output, patch=C.PATCH_SIZE, stride=C.STRIDE
 
     def write(tmp):
         sink = _DiskSink(tmp)
-        try:
-            with h5py.File(sink, "w") as f:
-                fill(f, sink)
+        try:  # Ctrl-C is held while HDF5 runs: it stops the build between pairs (see fill)
+            with interrupt_held() as interrupted, h5py.File(sink, "w") as f:
+                fill(f, sink, interrupted)
         finally:
             sink.close()
         if sink.error is not None:
             raise sink.error
 
-    def fill(f, sink):
+    def fill(f, sink, interrupted):
         dv = f.create_dataset("vis", (0, patch, patch, 1), maxshape=(None, patch, patch, 1),
                               dtype=vis_dtype, chunks=(64, patch, patch, 1))
         di = f.create_dataset("ir", (0, q, q, 1), maxshape=(None, q, q, 1), dtype=np.float32,
                               chunks=(64, q, q, 1))
         for stem, vpath, ipath in pairs:
+            if interrupted:  # here, not inside one of HDF5's calls into _DiskSink
+                raise KeyboardInterrupt
             where = f"{vpath} / {ipath}"
             try:
                 vis, ir = images.read_grey(vpath), read_ir(ipath)
@@ -328,7 +331,9 @@ class _DiskSink:
     crashed the interpreter (a segmentation fault in the garbage collector, whatever the
     caller caught). The caller stops at the next pair, closes the file cleanly and raises
     `error`; the temporary file is then removed. Memory holds only what was written after the
-    failure, in pages, so reads of it (HDF5 reads its metadata back) see what was written."""
+    failure, in pages, so reads of it (HDF5 reads its metadata back) see what was written.
+    A KeyboardInterrupt raised inside these methods would be an HDF5 error too, so the writer
+    holds Ctrl-C (`signals.interrupt_held`) and stops between pairs."""
 
     PAGE = 1 << 16
 

@@ -3,6 +3,7 @@
 TensorFlow-free, so benchmarks/jax_train.py uses it too. `callbacks.GracefulStop` is the Keras
 side; WORKSPACE.md "Stopping a run" gives the reasons.
 """
+import contextlib
 import signal
 import threading
 
@@ -47,3 +48,34 @@ class StopRequest:
         if self.received is None:
             return f"stopped: another worker was stopped by a signal after batch {step}; {saved}"
         return f"stopped by {signal.Signals(self.received).name} after batch {step}; {saved}"
+
+
+@contextlib.contextmanager
+def interrupt_held():
+    """Holds the first SIGINT (Ctrl-C) inside the block: it is recorded in the list the block
+    gets (`with interrupt_held() as held`), and raised as KeyboardInterrupt when the block ends,
+    unless the block raises at a safe point of its own first (`if held: raise
+    KeyboardInterrupt`). A second one raises at once, so a block that hangs can be stopped.
+
+    For code that Python-level signal handlers must not interrupt: a KeyboardInterrupt raised
+    inside a garbage-collector callback is dropped (JAX, which TensorFlow imports when it is
+    installed, registers one), and one raised inside a callback of HDF5's (`patches._DiskSink`)
+    becomes an HDF5 error. Only where Python's own handler is in place: not in a thread, nor
+    where SIGINT is ignored (a background job) or handled by someone else."""
+    held = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield held
+        return
+
+    def hold(signum, frame):
+        held.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    signal.signal(signal.SIGINT, hold)
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if held:
+        raise KeyboardInterrupt

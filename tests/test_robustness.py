@@ -1006,6 +1006,35 @@ def test_prepare_on_a_full_disk_is_one_line_and_leaves_no_file(tmp_path):
         assert f["vis"].shape[0] > 100 and json.loads(f.attrs["sources"])[2]["name"] == "c"
 
 
+def test_ctrl_c_while_hdf5_writes_a_patch_set_stops_it_cleanly_between_pairs(tmp_path):
+    """HDF5 calls into the patch writer's Python file object; a KeyboardInterrupt raised in
+    there became an HDF5 error (a RuntimeError traceback from its close, found by a review).
+    Ctrl-C is held while HDF5 runs and stops the build between pairs: KeyboardInterrupt, no
+    file and no temporary file left."""
+    vis_dir, ir_dir = write_pairs(str(tmp_path / "src"), names=("a", "b", "c"))
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    script = (
+        "import os, signal\n"
+        "from ddcgan_tf import patches\n"
+        "real = patches._DiskSink.write\n"
+        "def write(self, data):  # the signal lands inside HDF5's call into the sink\n"
+        "    if len(data) > 4096 and not hasattr(write, 'sent'):\n"
+        "        write.sent = os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(self, data)\n"
+        "patches._DiskSink.write = write\n"
+        "try:\n"
+        f"    patches.build_patch_set({vis_dir!r}, {ir_dir!r}, {str(out_dir / 'set.h5')!r}, patch=32, stride=16)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=REPO), preexec_fn=default_sigint)
+    assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "interrupted", (r.stdout, r.stderr[-2000:])
+    assert "patches" in r.stdout and "Traceback" not in r.stderr  # stopped after a pair, quietly
+    assert os.listdir(out_dir) == []
+
+
 def test_the_patch_sink_reads_back_what_it_kept_in_memory_after_a_failed_write(tmp_path, monkeypatch):
     """After a failed write the sink keeps writes in memory: HDF5 reads its metadata back, and
     must see what it wrote, across the disk / memory boundary and page boundaries."""

@@ -1,15 +1,14 @@
 """Shared plumbing for the absl CLIs: InputError -> one line on stderr, exit status 2."""
-import contextlib
 import os
 import re
 import signal
 import sys
-import threading
 
 from absl import app, flags
 from absl import logging as absl_logging
 
 from ddcgan_tf.errors import InputError
+from ddcgan_tf.signals import interrupt_held
 
 EXIT_BAD_INPUT = 2
 
@@ -21,16 +20,16 @@ def import_tensorflow_quietly():
     TF 2.21 prints those lines to file descriptor 2 whatever TF_CPP_MIN_LOG_LEVEL says; a CLI
     whose error must be one line cannot have them. Python exceptions still propagate.
 
-    Ctrl-C during the import is held until it ends, then raised: a KeyboardInterrupt raised
-    where the signal lands was lost whenever that was inside a garbage-collector callback
-    (JAX, which TensorFlow imports when installed, registers one; Python drops exceptions
-    raised there), and the command then ran on (1 of 8 tries here).
+    Ctrl-C during the import is held until it ends, then raised (`signals.interrupt_held`): a
+    KeyboardInterrupt raised where the signal lands was lost whenever that was inside a
+    garbage-collector callback (JAX, which TensorFlow imports when installed, registers one;
+    Python drops exceptions raised there), and the command then ran on (1 of 8 tries here).
     """
     if "tensorflow" not in sys.modules:
         sys.stderr.flush()
         saved = os.dup(2)
         devnull = os.open(os.devnull, os.O_WRONLY)
-        with _interrupt_held():
+        with interrupt_held():
             try:
                 os.dup2(devnull, 2)
                 import tensorflow  # noqa: F401
@@ -42,30 +41,6 @@ def import_tensorflow_quietly():
     # its Python INFO log (through absl's handler once app.run starts) is for developers:
     # under --strategy multiworker it printed about 900 lines as the collectives were traced
     tensorflow.get_logger().setLevel("WARNING")
-
-
-@contextlib.contextmanager
-def _interrupt_held():
-    """The first SIGINT inside the block is recorded, and raised as KeyboardInterrupt when it
-    ends; a second one raises at once (an import that hangs can still be stopped). Only where
-    Python's own handler is in place: not in a thread, nor where SIGINT is ignored."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield
-        return
-    received = []
-
-    def hold(signum, frame):
-        received.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    signal.signal(signal.SIGINT, hold)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if received:
-        raise KeyboardInterrupt
 
 
 def one_line(text):
