@@ -40,6 +40,13 @@ def assert_one_line_error(result, prog, *needles, status=2):
         assert str(needle) in lines[0], (needle, lines[0])
 
 
+# A child inherits an ignored SIGINT (pytest-xdist's workers ignore it), and Python then installs
+# no handler of its own, as in a shell's background job; Ctrl-C tests start their child's
+# script with this line to be as a command started from a terminal (preexec_fn would fork a
+# process that JAX, loaded by TensorFlow, has made multithreaded: a deadlock warning).
+AS_FROM_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
 def no_temp_files(*dirs):
     return not [n for d in dirs for n in os.listdir(d) if n.startswith(".tmp-")]
 
@@ -1015,6 +1022,7 @@ def test_ctrl_c_while_hdf5_writes_a_patch_set_stops_it_cleanly_between_pairs(tmp
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     script = (
+        AS_FROM_A_TERMINAL +
         "import os, signal\n"
         "from ddcgan_tf import patches\n"
         "real = patches._DiskSink.write\n"
@@ -1029,7 +1037,7 @@ def test_ctrl_c_while_hdf5_writes_a_patch_set_stops_it_cleanly_between_pairs(tmp
         "    print('interrupted')\n"
     )
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, PYTHONPATH=REPO), preexec_fn=default_sigint)
+                       env=dict(os.environ, PYTHONPATH=REPO))
     assert r.returncode == 0 and r.stdout.strip().splitlines()[-1] == "interrupted", (r.stdout, r.stderr[-2000:])
     assert "patches" in r.stdout and "Traceback" not in r.stderr  # stopped after a pair, quietly
     assert os.listdir(out_dir) == []
@@ -1137,20 +1145,15 @@ def test_ctrl_c_outside_a_commands_own_handling_is_one_line_and_exit_130():
 
 def cli_importing_a_stand_in_tensorflow(tmp_path, source):
     """(command, env) of a CLI `ddcgan-x` (run_main; its main prints "ran on") whose
-    `import tensorflow` runs `source`. Start it with `preexec_fn=default_sigint`: a child
-    inherits an ignored SIGINT (pytest-xdist's workers ignore it), where Python installs no
-    handler of its own, as in a shell's background job."""
+    `import tensorflow` runs `source`, started as from a terminal (`AS_FROM_A_TERMINAL`)."""
     (tmp_path / "tensorflow").mkdir()
     (tmp_path / "tensorflow" / "__init__.py").write_text(source)
-    script = ("from ddcgan_tf.cli.common import run_main\n"
+    script = (AS_FROM_A_TERMINAL +
+              "from ddcgan_tf.cli.common import run_main\n"
               "def main(argv):\n"
               "    print('ran on')\n"
               "run_main(main, 'ddcgan-x')\n")
     return [sys.executable, "-c", script], dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), REPO]))
-
-
-def default_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def test_a_second_ctrl_c_stops_a_tensorflow_import_that_hangs(tmp_path):
@@ -1159,8 +1162,7 @@ def test_a_second_ctrl_c_stops_a_tensorflow_import_that_hangs(tmp_path):
     command, env = cli_importing_a_stand_in_tensorflow(tmp_path, "import time\n"
                                                                 f"open({str(tmp_path / 'importing')!r}, 'w').close()\n"
                                                                 "time.sleep(60)\n")
-    p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                         preexec_fn=default_sigint)
+    p = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 60
         while not (tmp_path / "importing").exists():
@@ -1213,5 +1215,5 @@ def test_ctrl_c_landing_in_a_garbage_collector_callback_during_the_tensorflow_im
         "gc.collect()\n"
         "def get_logger():\n"
         "    return logging.getLogger('tensorflow')\n"))
-    r = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60, preexec_fn=default_sigint)
+    r = subprocess.run(command, capture_output=True, text=True, env=env, timeout=60)
     assert (r.returncode, r.stderr.strip(), r.stdout) == (130, "ddcgan-x: interrupted", ""), r.stderr[-2000:]
