@@ -40,10 +40,11 @@ def assert_one_line_error(result, prog, *needles, status=2):
         assert str(needle) in lines[0], (needle, lines[0])
 
 
-# A child inherits an ignored SIGINT (pytest-xdist's workers ignore it), and Python then installs
-# no handler of its own, as in a shell's background job; Ctrl-C tests start their child's
-# script with this line to be as a command started from a terminal (preexec_fn would fork a
-# process that JAX, loaded by TensorFlow, has made multithreaded: a deadlock warning).
+# A child inherits an ignored SIGINT (the whole suite ignores it when started as a background
+# job, `nohup ... &`, as CI's clean-clone runs here were), and Python then installs no handler
+# of its own; Ctrl-C tests start their child's script with this line to be as a command
+# started from a terminal (preexec_fn would fork a process that JAX, loaded by TensorFlow, has
+# made multithreaded: a deadlock warning).
 AS_FROM_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
 
 
